@@ -1,0 +1,127 @@
+"""Sample-weighted averaging of client states, over the clients that arrived.
+
+Each rank sums its own clients' weighted states into one flat buffer, with a
+block of per-client statistics appended, and one collective carries it to the
+server. Accumulating in float64 makes the sum independent of how clients are
+packed into ranks. Dropouts and deadline stragglers are decided on the
+client's own rank; over-selection (keep the first k to finish) needs the
+server to see every finish time first, so it costs one extra small collective.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedmpi.metering.ledger import LOCAL, SERVER
+
+FIELDS = ("num_samples", "loss_sum", "flops", "seconds", "arrived", "server_flops")
+NSTAT = len(FIELDS)
+
+
+@dataclass
+class ClientResult:
+    client: int
+    state: torch.Tensor | None  # flat trained state; None if the client dropped out
+    num_samples: int = 0
+    loss_sum: float = 0.0
+    flops: int = 0  # client compute
+    seconds: float = 0.0  # emulated download + compute + upload
+    server_flops: int = 0  # server compute spent on this client (split learning)
+    arrived: bool = True
+
+
+def sample_clients(num_clients: int, per_round: int, seed: int, rnd: int, over_selection: float = 1.0) -> list[int]:
+    """Clients of a round, from an RNG of (seed, round) alone."""
+    k = min(num_clients, math.ceil(per_round * over_selection))
+    rng = np.random.default_rng([seed, rnd, 0x5A3B])
+    return sorted(int(c) for c in rng.choice(num_clients, size=k, replace=False))
+
+
+def drops_out(seed: int, rnd: int, client: int, p: float) -> bool:
+    """Whether a sampled client fails this round (emulated dropout)."""
+    return p > 0 and np.random.default_rng([seed, rnd, client, 0xD0]).random() < p
+
+
+class Aggregator:
+    def __init__(self, exp, sampled: list[int], numel: int, upload_bytes: int, kind: str = "update") -> None:
+        self.exp = exp
+        self.sampled = sampled
+        self.slot = {c: i for i, c in enumerate(sampled)}
+        self.numel = numel
+        self.upload_bytes = upload_bytes
+        self.kind = kind
+        fed = exp.cfg.federation
+        self.dtype = torch.float64 if fed.aggregation_dtype == "float64" else torch.float32
+        self.deadline = fed.deadline_s
+        self.keep = fed.clients_per_round if fed.over_selection > 1 else None
+        device = exp.rt.device
+        self.stats = torch.zeros(len(sampled), NSTAT, dtype=torch.float64, device=device)
+        self.acc = torch.zeros(numel, dtype=self.dtype, device=device)
+        self.held: dict[int, ClientResult] = {}
+        # Stats ride in the update buffer only when it is float64 (exact for
+        # FLOP counts); else, or to rank finish times, they go first on their own.
+        self.two_phase = self.keep is not None or self.dtype != torch.float64
+
+    def add(self, r: ClientResult) -> None:
+        """Fold one client's result into this rank's partial sum."""
+        if r.state is None or (self.deadline is not None and r.seconds > self.deadline):
+            r.arrived = False  # dropped out, or a straggler cut at the deadline
+        self.stats[self.slot[r.client]] = torch.tensor(
+            [r.num_samples, r.loss_sum, r.flops, r.seconds, float(r.arrived), r.server_flops], dtype=torch.float64)
+        if not r.arrived:
+            return
+        if self.two_phase:
+            self.held[r.client] = r
+        else:
+            self.acc.add_(r.state.to(self.dtype), alpha=r.num_samples)
+
+    def _kept(self, stats: torch.Tensor) -> list[int]:
+        """Arrived clients; with over-selection only the first `keep` to finish."""
+        arrived = sorted((float(stats[i, 3]), c) for c, i in self.slot.items() if stats[i, 4] > 0)
+        return sorted(c for _, c in arrived[: self.keep or len(arrived)])
+
+    def finish(self) -> tuple[torch.Tensor | None, dict[int, dict[str, float]]]:
+        """Collective. Server: (average state or None if nobody arrived, per-client stats)."""
+        link = self.exp.link
+        if self.two_phase:
+            stats = link.collect(self.stats)
+            kept = link.share(self._kept(stats) if self.exp.rt.is_server else None)
+            for c in kept:
+                if c in self.held:
+                    self.acc.add_(self.held[c].state.to(self.dtype), alpha=self.held[c].num_samples)
+            self.held.clear()
+            link.reduce(self.acc, kind=self.kind, bytes_per_client=self.upload_bytes, clients=kept)
+            stats[:, 4] = 0
+            for c in kept:
+                stats[self.slot[c], 4] = 1
+            buffer = self.acc
+        else:
+            buffer = torch.cat([self.acc, self.stats.reshape(-1).to(self.dtype)])
+            link.reduce(buffer, kind=self.kind, bytes_per_client=self.upload_bytes,
+                        clients=lambda b: [c for c, i in self.slot.items()
+                                           if b[self.numel + i * NSTAT + 4] > 0])
+            stats = buffer[self.numel:].reshape(len(self.sampled), NSTAT).to(torch.float64)
+        if not self.exp.rt.is_server:
+            return None, {}
+        per_client = {c: dict(zip(FIELDS, stats[i].tolist())) for c, i in self.slot.items()}
+        self._record(per_client)
+        weight = sum(s["num_samples"] for s in per_client.values() if s["arrived"] > 0)
+        if weight <= 0:
+            return None, per_client
+        return buffer[: self.numel] / weight, per_client
+
+    def _record(self, per_client: dict[int, dict[str, float]]) -> None:
+        exp = self.exp
+        ledger, rnd = exp.ledger, exp.link.round
+        for c, s in per_client.items():
+            if s["flops"] > 0:
+                ledger.add(rnd, c, LOCAL, "compute", flops=int(s["flops"]), seconds=s["flops"] / exp.speeds[c])
+            if s["server_flops"] > 0:
+                ledger.add(rnd, -1, SERVER, "compute", flops=int(s["server_flops"]),
+                           seconds=s["server_flops"] / exp.server_speed)
+        arrived = sum(1 for s in per_client.values() if s["arrived"] > 0)
+        agg_flops = 2 * self.numel * arrived
+        ledger.add(rnd, -1, SERVER, "aggregate", flops=agg_flops, seconds=agg_flops / exp.server_speed)

@@ -1,0 +1,1 @@
+"""Datasets (embedded, local files, hub), partitions, tokenisation, poisoning."""

@@ -1,0 +1,1 @@
+"""Instrumentation: the Ledger of bytes and FLOPs, the FLOP meter, memory."""

@@ -1,0 +1,82 @@
+"""FLOP meter: counts local forward/backward work with torch.utils.flop_counter.
+
+Counting through a dispatch mode costs time, so each distinct (tag, input
+shapes) is counted once, on the real step, and cached. The counted step runs
+the very same kernels as an uncounted one, so metering never changes results.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Hashable, Iterator
+
+import torch
+from torch.utils import flop_counter as fc
+
+_aten = torch.ops.aten
+
+
+def _register_cpu_attention() -> None:
+    """PyTorch counts the CUDA fused attention kernels but not the CPU one, so
+    eval-mode BERT on CPU would report no attention FLOPs. Give the CPU flash
+    kernel the same formula as its CUDA twins."""
+    fwd = _aten._scaled_dot_product_flash_attention_for_cpu
+    bwd = _aten._scaled_dot_product_flash_attention_for_cpu_backward
+    if fwd in fc.flop_registry or fwd.default in fc.flop_registry:
+        return
+
+    @fc.register_flop_formula(fwd)
+    def _fwd(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    @fc.register_flop_formula(bwd)
+    def _bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+_register_cpu_attention()
+
+
+def shape_key(*tensors: object) -> tuple:
+    """A hashable key from the shapes of tensors (nested dicts/lists allowed)."""
+    out: list = []
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            out.append(tuple(t.shape))
+        elif isinstance(t, dict):
+            out.append(tuple((k, shape_key(v)) for k, v in sorted(t.items())))
+        elif isinstance(t, (list, tuple)):
+            out.append(shape_key(*t))
+        else:
+            out.append(t)
+    return tuple(out)
+
+
+class FlopMeter:
+    """Counts FLOPs of callables, cached by a key describing their shapes."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._cache: dict[Hashable, int] = {}
+        self.counted_calls = 0
+
+    def run(self, key: Hashable, fn: Callable[[], object]) -> tuple[object, int]:
+        """Run fn; return (its result, its FLOPs). Counts only on a cache miss."""
+        if not self.enabled:
+            return fn(), 0
+        if key in self._cache:
+            return fn(), self._cache[key]
+        counter = fc.FlopCounterMode(display=False)
+        with counter:
+            result = fn()
+        flops = int(counter.get_total_flops())
+        self._cache[key] = flops
+        self.counted_calls += 1
+        return result, flops
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        prev, self.enabled = self.enabled, False
+        try:
+            yield
+        finally:
+            self.enabled = prev

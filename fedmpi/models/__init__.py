@@ -1,0 +1,1 @@
+"""Backbones (Hugging Face) and the fine-tuning methods that pick what trains."""

@@ -1,0 +1,1 @@
+"""Emulated network: link profiles, clocks, and the Link all traffic crosses."""

@@ -1,0 +1,38 @@
+"""Flat buffers: many tensors moved as one, so a round costs one collective."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def payload_bytes(tensors: torch.Tensor | Sequence[torch.Tensor]) -> int:
+    """What a deployment sends: numel x element size of each tensor."""
+    if isinstance(tensors, torch.Tensor):
+        tensors = [tensors]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def flatten(tensors: Sequence[torch.Tensor], dtype: torch.dtype | None = None,
+            extra: int = 0) -> torch.Tensor:
+    """Concatenate tensors into one 1-D buffer, with `extra` zeroed slots at the end."""
+    dtype = dtype or (tensors[0].dtype if tensors else torch.float32)
+    device = tensors[0].device if tensors else torch.device("cpu")
+    total = sum(t.numel() for t in tensors)
+    out = torch.zeros(total + extra, dtype=dtype, device=device)
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        out[offset:offset + n].copy_(t.detach().reshape(-1))
+        offset += n
+    return out
+
+
+def unflatten_into(buffer: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
+    """Copy slices of a flat buffer back into tensors (in place, casting dtype)."""
+    offset = 0
+    with torch.no_grad():
+        for t in tensors:
+            n = t.numel()
+            t.copy_(buffer[offset:offset + n].view(t.shape))
+            offset += n

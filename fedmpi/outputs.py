@@ -1,0 +1,77 @@
+"""The run folder: config.yaml, metrics.jsonl, ledger.jsonl, summary.json and an
+atomic checkpoint. Written by the server only."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedmpi.config import ExperimentConfig, dump_config
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _truncate_jsonl(path: Path, last_round: int) -> None:
+    """Keep rows of rounds <= last_round (a resumed run rewrites the rest)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["round"] <= last_round]
+    atomic_write_bytes(path, ("".join(line + "\n" for line in keep)).encode())
+
+
+class RunWriter:
+    def __init__(self, cfg: ExperimentConfig, resume_round: int | None = None) -> None:
+        self.dir = cfg.run_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.dir / "metrics.jsonl"
+        self.ledger_path = self.dir / "ledger.jsonl"
+        if resume_round is None:
+            for p in (self.metrics_path, self.ledger_path, self.dir / "summary.json"):
+                p.unlink(missing_ok=True)
+        else:
+            _truncate_jsonl(self.metrics_path, resume_round)
+            _truncate_jsonl(self.ledger_path, resume_round)
+        (self.dir / "config.yaml").write_text(dump_config(cfg))
+        self._metrics = self.metrics_path.open("a")
+
+    def metrics(self, row: dict[str, Any]) -> None:
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_bytes(self.dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+
+    def checkpoint(self, state: dict[str, Any]) -> None:
+        import io
+
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.dir / CHECKPOINT, buf.getvalue())
+
+    def close(self) -> None:
+        self._metrics.close()
+
+
+def load_checkpoint(cfg: ExperimentConfig) -> dict[str, Any] | None:
+    path = cfg.run_dir / CHECKPOINT
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
