@@ -1,0 +1,57 @@
+"""Shared fixtures: run fedmpi under real mpiexec, find ../shared/data."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FEDMPI_SHARED_DATA", ROOT.parent / "shared" / "data"))
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+@dataclass
+class Run:
+    proc: subprocess.CompletedProcess
+    dir: Path
+
+    @property
+    def summary(self) -> dict:
+        return json.loads((self.dir / "summary.json").read_text())
+
+    @property
+    def metrics(self) -> list[dict]:
+        return [json.loads(x) for x in (self.dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+    @property
+    def ledger(self) -> list[dict]:
+        return [json.loads(x) for x in (self.dir / "ledger.jsonl").read_text().splitlines() if x.strip()]
+
+
+def launch(tmp_path: Path, ranks: int, *overrides: str, config: Path | str = TINY, name: str = "run",
+           timeout: float = 300, extra: tuple[str, ...] = ()) -> Run:
+    """`fedmpi launch -n ranks config --set ...` with output under tmp_path."""
+    sets = [f"output.dir={tmp_path}", f"name={name}", "output.progress=false", *overrides]
+    cmd = [sys.executable, "-m", "fedmpi", "launch", "-n", str(ranks), str(config), *extra]
+    for s in sets:
+        cmd += ["--set", s]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return Run(proc, tmp_path / name)
+
+
+def assert_ok(run: Run) -> None:
+    assert run.proc.returncode == 0, f"fedmpi failed ({run.proc.returncode}):\n{run.proc.stdout[-3000:]}\n{run.proc.stderr[-6000:]}"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"../shared/data not found at {SHARED_DATA}: the real-dataset tests need it "
+                    "(set FEDMPI_SHARED_DATA to its path)")
+    return SHARED_DATA
