@@ -7,6 +7,8 @@ with one clear message before training starts.
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -20,15 +22,25 @@ from fedmpi.algorithms.aggregate import sample_clients
 from fedmpi.config import ConfigError, ExperimentConfig
 from fedmpi.data.federated import FederatedData
 from fedmpi.data.partition import partition
+from fedmpi.data.poison import install as install_backdoor
 from fedmpi.data.sources import Task, load_task
 from fedmpi.metering.flops import FlopMeter
 from fedmpi.metering.ledger import Ledger
 from fedmpi.metering.memory import peak_memory_bytes
+from fedmpi.models.sync import sync_init
 from fedmpi.net.clock import make_clock
 from fedmpi.net.link import Link
 from fedmpi.net.profiles import client_profiles, client_speeds
 from fedmpi.outputs import RunWriter, load_checkpoint, read_metrics
 from fedmpi.runtime import Runtime
+
+
+def _fault_injection(rank: int, rnd: int) -> None:
+    """Tests of failure handling: FEDMPI_KILL_AT_ROUND=r [FEDMPI_KILL_RANK=k]
+    SIGKILLs rank k (default 0) as round r starts, like a node dying mid-job."""
+    at = os.environ.get("FEDMPI_KILL_AT_ROUND")
+    if at is not None and int(at) == rnd and int(os.environ.get("FEDMPI_KILL_RANK", 0)) == rank:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -74,6 +86,7 @@ class Experiment:
         self.ledger: Ledger | None = None
         self.link = Link(rt, self.profiles, make_clock(cfg.network.clock), None)
         self.algorithm = get_algorithm(cfg.algorithm)(self)
+        install_backdoor(self)  # no-op unless attack.malicious_fraction > 0
 
     # -- helpers ------------------------------------------------------------
     def _due(self, rnd: int) -> bool:
@@ -92,6 +105,7 @@ class Experiment:
         ck = load_checkpoint(cfg) if (rt.is_server and self.resume) else None
         if rt.is_server:
             self._open_outputs(ck)
+        sync_init(self, charge=ck is None)  # frozen state a method derived (FeDeRA residual), kind init
         self.algorithm.setup()
         start = link.share(0 if ck is None else ck["round"] + 1)
         if ck is not None:
@@ -100,6 +114,7 @@ class Experiment:
         fed = cfg.federation
         for rnd in range(start, fed.rounds):
             link.round = rnd
+            _fault_injection(rt.rank, rnd)
             t0 = time.perf_counter()
             sampled = sample_clients(fed.num_clients, fed.clients_per_round, cfg.seed, rnd, fed.over_selection)
             stats = self.algorithm.run_round(rnd, sampled)

@@ -34,14 +34,15 @@ class Run:
 
 
 def launch(tmp_path: Path, ranks: int, *overrides: str, config: Path | str = TINY, name: str = "run",
-           timeout: float = 300, extra: tuple[str, ...] = ()) -> Run:
+           timeout: float = 300, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Run:
     """`fedmpi launch -n ranks config --set ...` with output under tmp_path."""
     sets = [f"output.dir={tmp_path}", f"name={name}", "output.progress=false", *overrides]
     cmd = [sys.executable, "-m", "fedmpi", "launch", "-n", str(ranks), str(config), *extra]
     for s in sets:
         cmd += ["--set", s]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                    **(env or {}))
+    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
     return Run(proc, tmp_path / name)
 
 

@@ -62,7 +62,10 @@ def build_model(cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
     """Same weights on every rank: pre-trained parts from disk, new parts
     (classifier, tiny models) from a generator seeded identically."""
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()  # one load report per rank drowns the run's output
+    hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
     if cfg.name == TINY:
         model = AutoModelForSequenceClassification.from_config(tiny_config(cfg, num_labels),
