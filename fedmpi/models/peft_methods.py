@@ -1,0 +1,184 @@
+"""Parameter-efficient methods: LoRA, FeDeRA, prompt tuning, adapters, BitFit, head.
+
+Each method freezes the backbone and leaves exactly the parameters that
+travel with requires_grad, so FedAvg's broadcast/upload carries only them.
+LoRA, FeDeRA and prompt tuning are peft's; the bottleneck adapter is a small
+module (peft has none, and AdapterHub does not track transformers 5).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedmpi.config import ConfigError, MethodConfig
+from fedmpi.models.methods import register
+from fedmpi.models.sync import mark_synced
+
+HEAD_NAMES = ("classifier", "score")  # sequence-classification heads of BERT/ViT/CLIP-with-head
+CLIP_TARGETS = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "attention.output.dense": "self_attn.out_proj"}
+
+
+def freeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def head_modules(model: nn.Module) -> list[nn.Module]:
+    heads = [m for n, m in model.named_children() if n in HEAD_NAMES]
+    if not heads:
+        raise ConfigError(f"model {type(model).__name__} has no classifier head ({'/'.join(HEAD_NAMES)})")
+    return heads
+
+
+def train_head(model: nn.Module) -> None:
+    for head in head_modules(model):
+        for p in head.parameters():
+            p.requires_grad_(True)
+
+
+def _targets(model: nn.Module, cfg: MethodConfig) -> list[str]:
+    """LoRA targets as module-name suffixes, as peft matches them ("query",
+    "attention.output.dense"); BERT/ViT names map to CLIP's on a CLIP model."""
+    modules = [n for n, _ in model.named_modules()]
+
+    def found(t: str) -> bool:
+        return any(n == t or n.endswith("." + t) for n in modules)
+
+    targets = list(cfg.target_modules)
+    if not any(found(t) for t in targets) and found("q_proj"):
+        targets = [CLIP_TARGETS.get(t, t) for t in targets]
+    missing = [t for t in targets if not found(t)]
+    if missing:
+        raise ConfigError(f"method.target_modules {missing} not found in {type(model).__name__}")
+    return targets
+
+
+def _lora(model: nn.Module, cfg: MethodConfig, init: bool | str) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    if cfg.r <= 0:
+        raise ConfigError(f"method.r must be > 0, got {cfg.r}")
+    lcfg = LoraConfig(r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=_targets(model, cfg), init_lora_weights=init,
+                      modules_to_save=[n for n, _ in model.named_children() if n in HEAD_NAMES] or None)
+    peft_model = get_peft_model(model, lcfg)
+    if not cfg.train_head:
+        _freeze_saved_heads(peft_model)
+    return peft_model
+
+
+def _freeze_saved_heads(peft_model: nn.Module) -> None:
+    for name, p in peft_model.named_parameters():
+        if "modules_to_save" in name:
+            p.requires_grad_(False)
+
+
+@register("lora")
+def lora(model: nn.Module, cfg: MethodConfig) -> nn.Module:
+    """peft LoRA on `target_modules` (default query/value) + the head."""
+    return _lora(model, cfg, True)
+
+
+@register("federa")
+def federa(model: nn.Module, cfg: MethodConfig) -> nn.Module:
+    """FeDeRA: LoRA initialised from the SVD of the pre-trained weights (peft's
+    PiSSA), base weights replaced by the residual so round-0 outputs are unchanged.
+
+    The residual is a frozen tensor that differs from the checkpoint on disk, so it
+    is marked for the one-off server->clients sync (ledger kind `init`)."""
+    if cfg.pissa_niter is not None and cfg.pissa_niter <= 0:
+        raise ConfigError(f"method.pissa_niter must be > 0, got {cfg.pissa_niter}")
+    init = "pissa" if cfg.pissa_niter is None else f"pissa_niter_{cfg.pissa_niter}"
+    peft_model = _lora(model, cfg, init)
+    residual = [n for n, _ in peft_model.named_parameters() if n.endswith("base_layer.weight")]
+    return mark_synced(peft_model, residual)
+
+
+@register("prompt")
+def prompt(model: nn.Module, cfg: MethodConfig) -> nn.Module:
+    """FedPrompt: `num_virtual_tokens` soft prompt embeddings at the input (peft
+    prompt tuning); the head travels too unless method.train_head=false."""
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
+    if cfg.num_virtual_tokens <= 0:
+        raise ConfigError(f"method.num_virtual_tokens must be > 0, got {cfg.num_virtual_tokens}")
+    if not hasattr(model, "get_input_embeddings") or model.get_input_embeddings() is None:
+        raise ConfigError(f"method 'prompt' needs a token-embedding model, not {type(model).__name__}")
+    # Prompts start as embeddings of random vocabulary tokens: peft's default
+    # N(0, 1) init is ~20x the scale of BERT word embeddings and stalls training.
+    pcfg = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=cfg.num_virtual_tokens,
+                              prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
+    peft_model = get_peft_model(model, pcfg)
+    if not cfg.train_head:
+        _freeze_saved_heads(peft_model)
+    return peft_model
+
+
+class Bottleneck(nn.Module):
+    """y = f(x) + up(gelu(down(f(x)))): a Houlsby adapter after a projection.
+    `up` starts at zero, so the adapted model equals the backbone at round 0."""
+
+    def __init__(self, base: nn.Linear, size: int) -> None:
+        super().__init__()
+        self.base = base
+        self.down = nn.Linear(base.out_features, size)
+        self.up = nn.Linear(size, base.out_features)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        return y + self.up(nn.functional.gelu(self.down(y)))
+
+
+def _adapter_sites(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(parent, attribute) of the attention-output and FFN-output projections."""
+    sites = []
+    for name, module in model.named_modules():
+        if name.endswith(("attention.output", ".output")) and isinstance(getattr(module, "dense", None), nn.Linear):
+            sites.append((module, "dense"))  # BERT / ViT
+        elif name.endswith(".self_attn") and isinstance(getattr(module, "out_proj", None), nn.Linear):
+            sites.append((module, "out_proj"))  # CLIP attention
+        elif name.endswith(".mlp") and isinstance(getattr(module, "fc2", None), nn.Linear):
+            sites.append((module, "fc2"))  # CLIP FFN
+    return sites
+
+
+@register("adapter")
+def adapter(model: nn.Module, cfg: MethodConfig) -> nn.Module:
+    """Bottleneck adapters (size `adapter_size`) after attention and FFN + the head."""
+    if cfg.adapter_size <= 0:
+        raise ConfigError(f"method.adapter_size must be > 0, got {cfg.adapter_size}")
+    sites = _adapter_sites(model)
+    if not sites:
+        raise ConfigError(f"no attention/FFN output projections found in {type(model).__name__} for adapters")
+    freeze(model)
+    for parent, attr in sites:
+        setattr(parent, attr, Bottleneck(getattr(parent, attr), cfg.adapter_size))
+    for parent, attr in sites:
+        block = getattr(parent, attr)
+        for p in list(block.down.parameters()) + list(block.up.parameters()):
+            p.requires_grad_(True)
+    if cfg.train_head:
+        train_head(model)
+    return model
+
+
+@register("bitfit")
+def bitfit(model: nn.Module, cfg: MethodConfig) -> nn.Module:
+    """BitFit: every bias term, plus the (new) head."""
+    freeze(model)
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.requires_grad_(True)
+    if cfg.train_head:
+        train_head(model)
+    return model
+
+
+@register("head")
+def head(model: nn.Module, cfg: MethodConfig) -> nn.Module:
+    """Linear probing: the classifier head only."""
+    freeze(model)
+    train_head(model)
+    return model

@@ -1,0 +1,118 @@
+"""Fine-tuning methods on the tiny BERT, in one process: what trains, exact
+parameter counts, and outputs at initialisation (FeDeRA, adapters)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from fedmpi.config import ConfigError, MethodConfig, ModelConfig
+from fedmpi.models.backbone import build_model, load_tokenizer
+from fedmpi.models.methods import apply_method, trainable
+from fedmpi.models.sync import SYNC_ATTR, model_digest
+
+TINY = ModelConfig(name="tiny-bert")  # hidden 32, 2 layers, FFN 64
+H, LAYERS, LABELS = 32, 2, 2
+HEAD = H * LABELS + LABELS
+
+
+def tiny():
+    return build_model(TINY, LABELS, seed=0)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    tok = load_tokenizer(TINY)
+    enc = tok(["the film was great .", "i thought the plot was dull overall ."], padding=True,
+              return_tensors="pt", return_token_type_ids=True)
+    return {**enc, "labels": torch.tensor([1, 0])}
+
+
+def names(model):
+    return [n for n, _ in trainable(model)]
+
+
+def numel(model):
+    return sum(p.numel() for _, p in trainable(model))
+
+
+def test_lora_trains_only_adapters_and_head():
+    m = apply_method(tiny(), MethodConfig(name="lora", r=4, target_modules=["query", "value"]))
+    assert all("lora_" in n or "classifier.modules_to_save" in n for n in names(m))
+    # per target: A (r x in) + B (out x r)
+    assert numel(m) == LAYERS * 2 * 4 * (H + H) + HEAD
+
+
+def test_lora_fedpft_targets_and_no_head():
+    """FedPFT's setting: query/key/value/attention-output (not the FFN or pooler dense)."""
+    m = apply_method(tiny(), MethodConfig(name="lora", r=2, train_head=False,
+                                          target_modules=["query", "key", "value", "attention.output.dense"]))
+    assert not any("classifier" in n for n in names(m))
+    assert numel(m) == LAYERS * 4 * 2 * (H + H)
+
+
+def test_unknown_target_is_a_config_error():
+    with pytest.raises(ConfigError, match="target_modules"):
+        apply_method(tiny(), MethodConfig(name="lora", target_modules=["nope"]))
+
+
+def test_federa_output_at_init_equals_base(batch):
+    base = tiny().eval()
+    m = apply_method(copy.deepcopy(base), MethodConfig(name="federa", r=4)).eval()
+    with torch.no_grad():
+        diff = (base(**batch).logits - m(**batch).logits).abs().max().item()
+    assert diff < 1e-5
+    # the frozen base weight is the residual (W - principal part), not W
+    q = base.bert.encoder.layer[0].attention.self.query.weight
+    res = dict(m.named_parameters())["base_model.model.bert.encoder.layer.0.attention.self.query.base_layer.weight"]
+    assert not torch.equal(q, res)
+    assert len(getattr(m, SYNC_ATTR)) == LAYERS * 2  # residuals of query and value, marked for the init sync
+    assert numel(m) == LAYERS * 2 * 4 * (H + H) + HEAD
+
+
+def test_federa_randomised_svd_option():
+    m = apply_method(tiny(), MethodConfig(name="federa", r=4, pissa_niter=2))
+    assert numel(m) == LAYERS * 2 * 4 * (H + H) + HEAD
+    with pytest.raises(ConfigError, match="pissa_niter"):
+        apply_method(tiny(), MethodConfig(name="federa", pissa_niter=0))
+
+
+def test_prompt_trains_prompt_and_head(batch):
+    m = apply_method(tiny(), MethodConfig(name="prompt", num_virtual_tokens=5))
+    assert numel(m) == 5 * H + HEAD
+    assert any("prompt_encoder" in n for n in names(m))
+    assert m(**batch).loss.isfinite()
+    m2 = apply_method(tiny(), MethodConfig(name="prompt", num_virtual_tokens=5, train_head=False))
+    assert numel(m2) == 5 * H
+
+
+def test_adapter_is_identity_at_init(batch):
+    base = tiny().eval()
+    m = apply_method(copy.deepcopy(base), MethodConfig(name="adapter", adapter_size=8)).eval()
+    with torch.no_grad():
+        assert torch.equal(base(**batch).logits, m(**batch).logits)
+    # after attention output and FFN output of each layer: down (H*8+8) + up (8*H+H)
+    assert numel(m) == LAYERS * 2 * (H * 8 + 8 + 8 * H + H) + HEAD
+    assert all(".down." in n or ".up." in n or n.startswith("classifier") for n in names(m))
+
+
+def test_bitfit_and_head():
+    m = apply_method(tiny(), MethodConfig(name="bitfit"))
+    assert all(n.endswith("bias") or n.startswith("classifier") for n in names(m))
+    biases = sum(p.numel() for n, p in tiny().named_parameters() if n.endswith("bias"))
+    assert numel(m) == biases + H * LABELS  # all biases (head bias included) + head weight
+    h = apply_method(tiny(), MethodConfig(name="head"))
+    assert names(h) == ["classifier.weight", "classifier.bias"]
+    assert numel(h) == HEAD
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "federa", "prompt", "adapter", "bitfit", "head"])
+def test_same_model_on_every_rank(method, batch):
+    """Ranks build the model independently: the same seed must give bitwise the same model."""
+    a = apply_method(tiny(), MethodConfig(name=method))
+    b = apply_method(tiny(), MethodConfig(name=method))
+    assert model_digest(a) == model_digest(b)
+    a.train()
+    a(**batch).loss.backward()
+    assert all(p.grad is not None for _, p in trainable(a))
