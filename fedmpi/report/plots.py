@@ -1,0 +1,177 @@
+"""PNG figures from run folders.
+
+Uses matplotlib's object API with the Agg canvas (no pyplot): no display is
+needed and no global figure state leaks between calls, so reports can be made
+on headless cluster nodes and inside tests.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from fedmpi.report.runs import Run
+
+_UNITS = ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"))
+
+
+def byte_unit(largest: float) -> tuple[float, str]:
+    """The unit that keeps numbers readable (decimal, like link speeds)."""
+    for scale, label in _UNITS:
+        if largest >= scale:
+            return scale, label
+    return 1.0, "B"
+
+
+def _figure(width: float = 7.0, height: float = 4.5) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _empty(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path)
+    return path
+
+
+def _accuracy_curve(run: Run, x_of: str) -> tuple[list[float], list[float]]:
+    """Cumulative x (bytes or emulated seconds) at each evaluated round's end."""
+    xs, ys, total = [], [], 0.0
+    for m in run.metrics:
+        if x_of == "bytes":
+            total += (m.get("bytes_up") or 0) + (m.get("bytes_down") or 0)
+        else:
+            total += m.get("emulated_seconds") or 0.0
+        if m.get("accuracy") is not None:
+            xs.append(total)
+            ys.append(float(m["accuracy"]))
+    return xs, ys
+
+
+def accuracy_vs(runs: list[Run], x_of: str, path: Path) -> Path:
+    """Accuracy against cumulative traffic (``x_of="bytes"``) or emulated time (``"time"``)."""
+    fig, ax = _figure()
+    curves = {run.name: _accuracy_curve(run, x_of) for run in runs}
+    if x_of == "bytes":
+        largest = max((xs[-1] for xs, _ in curves.values() if xs), default=0.0)
+        scale, unit = byte_unit(largest)
+        ax.set_xlabel(f"cumulative traffic, up + down ({unit})")
+        ax.set_title("Accuracy vs communication")
+    else:
+        scale, unit = 1.0, "s"
+        ax.set_xlabel("cumulative emulated time (s)")
+        ax.set_title("Accuracy vs emulated wall-clock time")
+    plotted = 0
+    for name, (xs, ys) in curves.items():
+        if xs:
+            ax.plot([x / scale for x in xs], ys, marker="o", markersize=3, label=name)
+            plotted += 1
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    if plotted:
+        ax.legend(fontsize="small")
+    else:
+        _empty(ax, "no evaluated rounds")
+    return _save(fig, path)
+
+
+def _bytes_by_kind(run: Run) -> dict[int, dict[str, int]]:
+    per_round: dict[int, dict[str, int]] = {}
+    for m in run.metrics:
+        if isinstance(m.get("bytes_by_kind"), dict):
+            per_round[int(m.get("round", len(per_round)))] = {k: int(v or 0) for k, v in m["bytes_by_kind"].items()}
+    if per_round or not run.ledger:
+        return per_round
+    table: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for row in run.ledger:  # older runs: rebuild from the ledger
+        if row.get("bytes"):
+            table[int(row.get("round", 0))][str(row.get("kind", "?"))] += int(row["bytes"])
+    return {r: dict(k) for r, k in table.items()}
+
+
+def bytes_by_kind(run: Run, path: Path) -> Path:
+    """Stacked bars: what each round's traffic was made of."""
+    fig, ax = _figure()
+    per_round = _bytes_by_kind(run)
+    rounds = sorted(per_round)
+    kinds = sorted({k for r in rounds for k in per_round[r]}, key=lambda k: -sum(per_round[r].get(k, 0) for r in rounds))
+    largest = max((sum(per_round[r].values()) for r in rounds), default=0)
+    scale, unit = byte_unit(largest)
+    bottom = [0.0] * len(rounds)
+    for kind in kinds:
+        heights = [per_round[r].get(kind, 0) / scale for r in rounds]
+        ax.bar(rounds, heights, bottom=bottom, label=kind)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_title(f"Traffic per round by message kind — {run.name}")
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"bytes sent, up + down ({unit})")
+    ax.grid(axis="y", alpha=0.3)
+    if kinds:
+        ax.legend(title="kind", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        if len(rounds) <= 30:
+            ax.set_xticks(rounds)
+    else:
+        _empty(ax, "no traffic recorded")
+    return _save(fig, path)
+
+
+def client_bytes(run: Run, path: Path) -> Path:
+    """Grouped bars per client: uplink vs downlink bytes over the whole run."""
+    up: dict[int, int] = defaultdict(int)
+    down: dict[int, int] = defaultdict(int)
+    for row in run.ledger:
+        client = int(row.get("client", -1))
+        if client < 0:
+            continue
+        if row.get("direction") == "up":
+            up[client] += int(row.get("bytes") or 0)
+        elif row.get("direction") == "down":
+            down[client] += int(row.get("bytes") or 0)
+    clients = sorted(set(up) | set(down))
+    fig, ax = _figure(width=max(7.0, min(20.0, 0.35 * len(clients))))
+    scale, unit = byte_unit(max([*up.values(), *down.values(), 0]))
+    width = 0.4
+    ax.bar([c - width / 2 for c in clients], [up[c] / scale for c in clients], width, label="up (client → server)")
+    ax.bar([c + width / 2 for c in clients], [down[c] / scale for c in clients], width,
+           label="down (server → client)")
+    ax.set_title(f"Traffic per client over the run — {run.name}")
+    ax.set_xlabel("client id")
+    ax.set_ylabel(f"bytes ({unit})")
+    ax.grid(axis="y", alpha=0.3)
+    if clients:
+        ax.legend(fontsize="small")
+        if len(clients) <= 40:
+            ax.set_xticks(clients)
+    else:
+        _empty(ax, "no per-client traffic in ledger.jsonl")
+    return _save(fig, path)
+
+
+def file_stems(runs: list[Run]) -> list[str]:
+    """A distinct, file-safe stem per run (two folders may share a run name)."""
+    stems: list[str] = []
+    for run in runs:
+        stem = candidate = re.sub(r"[^A-Za-z0-9._=+-]+", "_", run.name).strip("._") or "run"
+        n = 1
+        while candidate in stems:
+            n += 1
+            candidate = f"{stem}-{n}"
+        stems.append(candidate)
+    return stems
+
+
+def write_all(runs: list[Run], out: Path) -> list[Path]:
+    files = [accuracy_vs(runs, "bytes", out / "accuracy_vs_bytes.png"),
+             accuracy_vs(runs, "time", out / "accuracy_vs_time.png")]
+    for run, stem in zip(runs, file_stems(runs)):
+        files.append(bytes_by_kind(run, out / f"bytes_by_kind_{stem}.png"))
+        files.append(client_bytes(run, out / f"client_bytes_{stem}.png"))
+    return files
