@@ -1,0 +1,331 @@
+"""FedPFT: clients fine-tune a compressed proxy; the LoRA they learn plugs into the full model.
+
+The server keeps the full model. Every rank builds the same sub-model (middle
+FFNs cut to their top-k neurons); the server distils it on public text and
+sends it once to every client (kind `init`). Rounds are FedAvg (this class
+*is* a FedAvg whose training model is the sub-model) over attention LoRA +
+classifier, whose names and shapes match the full model's, so the global
+model evaluated is the full model carrying the aggregated LoRA. Every
+`align_every` rounds the sampled clients upload per-neuron activity statistics
+of the compressed FFNs (kind `stats`), the server re-distils the least active
+neurons against the full model with the current LoRA, and sends the changed
+neurons to every client (kind `submodel`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmpi.algorithms.aggregate import ClientResult, drops_out
+from fedmpi.algorithms.fedavg import FedAvg
+from fedmpi.algorithms.fedpft_options import FedPFTOptions, parse_options
+from fedmpi.algorithms.local import make_optimizer, train_steps
+from fedmpi.config import ConfigError, DataConfig
+from fedmpi.data.federated import Encoded
+from fedmpi.data.sources import TextSplit, load_task
+from fedmpi.metering.ledger import SERVER
+from fedmpi.models.distill import DistillStats, distill, evaluate_layers, least_active, neuron_masks
+from fedmpi.models.methods import trainable
+from fedmpi.models.submodel import (SubModelPlan, build_submodel, encoder_layers, ffn, param_count,
+                                    plan_submodel, sample_flops, training_memory_bytes)
+from fedmpi.net.flat import flatten, unflatten_into
+from fedmpi.seeding import derive_seed, seed_torch
+
+INIT_KIND, STATS_KIND, SUBMODEL_KIND = "init", "stats", "submodel"
+
+
+def add_lora(model: nn.Module, cfg, targets: list[str], seed: int) -> nn.Module:
+    """peft LoRA on `targets`, classifier trained in full (modules_to_save); seeded so
+    the full model and the sub-model get the very same initial adapters."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(derive_seed(seed, 0x10BA))
+    conf = LoraConfig(r=cfg.method.r, lora_alpha=cfg.method.lora_alpha, lora_dropout=cfg.method.lora_dropout,
+                      target_modules=list(targets), modules_to_save=["classifier"])
+    return get_peft_model(model, conf)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare backbone, if a PEFT method already wrapped it (its fresh adapters are dropped)."""
+    return model.unload() if hasattr(model, "unload") and hasattr(model, "peft_config") else model
+
+
+def public_split(opts: FedPFTOptions, data: DataConfig, seed: int) -> TextSplit:
+    """Public distillation text: never the task's own training data."""
+    if opts.public_data == "embedded":
+        from fedmpi.data.embedded import _sentences
+
+        texts, _ = _sentences(opts.public_samples, np.random.default_rng([seed, 0x9B1C]))
+        return TextSplit(texts, np.zeros(len(texts), dtype=np.int64))
+    folder = Path(opts.public_data)
+    dcfg = (DataConfig(name=str(folder), max_train_samples=opts.public_samples) if folder.is_dir()
+            else DataConfig(name=opts.public_data, path=data.path or "../shared/data",
+                            max_train_samples=opts.public_samples))
+    same = (dcfg.name == data.name and dcfg.path == data.path) or (
+        folder.is_dir() and data.path and folder.resolve() == (Path(data.path) / data.name).resolve())
+    if same:
+        raise ConfigError(f"options.public_data '{opts.public_data}' is the task's own data; distillation "
+                          "needs other public text (e.g. ag_news, cola, or 'embedded')")
+    train = load_task(dcfg, seed).train
+    return TextSplit(train.texts, np.zeros(len(train), dtype=np.int64), train.texts_b)
+
+
+def cycle_batches(enc: Encoded, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    rng = np.random.default_rng([seed, 0xC7C1])
+    while True:
+        order = rng.permutation(len(enc))
+        for s in range(0, len(order) - batch_size + 1, batch_size):
+            yield enc.batch(order[s:s + batch_size])
+
+
+class ActivityMeter:
+    """Per kept neuron of each compressed FFN: how often |GELU output| < eps on real tokens."""
+
+    def __init__(self, model: nn.Module, plan: SubModelPlan, eps: float) -> None:
+        self.plan, self.eps = plan, eps
+        self.mask: torch.Tensor | None = None
+        self.near_zero = {i: torch.zeros(len(plan.kept[i]), dtype=torch.float64) for i in plan.compressed}
+        self.tokens = 0
+        blocks = encoder_layers(model)
+        self.hooks = [blocks[i].intermediate.register_forward_hook(self._hook(i)) for i in plan.compressed]
+
+    def _hook(self, i: int):
+        def fn(module, args, out):
+            m = self.mask.to(out.device).bool()
+            self.near_zero[i] += (out.detach().abs() < self.eps)[m].sum(0).double().cpu()
+        return fn
+
+    def batches(self, batches):
+        for b in batches:
+            self.mask = b["attention_mask"]
+            self.tokens += int(b["attention_mask"].sum())
+            yield b
+
+    def close(self) -> torch.Tensor:
+        """Flat shares (float32, compressed layers in order): the `stats` message."""
+        for h in self.hooks:
+            h.remove()
+        return torch.cat([self.near_zero[i] / max(1, self.tokens) for i in self.plan.compressed]).float()
+
+
+class FedPFT(FedAvg):
+    name = "fedpft"
+
+    def __init__(self, exp) -> None:
+        super().__init__(exp)
+        self.opts = parse_options(exp.cfg.options)
+        if exp.cfg.method.name not in ("full", "lora"):
+            raise ConfigError(f"algorithm fedpft trains its own LoRA (options.lora_targets, method.r, "
+                              f"method.lora_alpha); set method.name to lora (or leave full), "
+                              f"not '{exp.cfg.method.name}'")
+        if self.opts.distills or self.opts.aligns:
+            p = Path(self.opts.public_data)
+            if self.opts.public_data != "embedded" and not p.is_dir() and not (
+                    Path(exp.cfg.data.path or "../shared/data") / self.opts.public_data).is_dir():
+                raise ConfigError(f"options.public_data '{self.opts.public_data}' not found (neither a folder "
+                                  f"nor a dataset under {exp.cfg.data.path or '../shared/data'}); use e.g. "
+                                  "ag_news, cola or embedded")
+        self.info: dict[str, object] = {}
+
+    # -- setup: sub-model, distillation, one download, LoRA ------------------
+    def setup(self) -> None:
+        exp, cfg, o = self.exp, self.exp.cfg, self.opts
+        full = unwrap(exp.model)
+        keep = list(range(len(encoder_layers(full)))) if o.mode == "full" else o.keep_layers
+        self.plan = plan_submodel(full, keep, o.ffn_keep_ratio)
+        sub = build_submodel(full, self.plan)
+        for p in list(full.parameters()) + list(sub.parameters()):
+            p.requires_grad_(False)
+        probe = next(exp.data.test_batches(cfg.train.eval_batch_size))
+        probe = {k: v[: min(16, len(v))].to(exp.rt.device) for k, v in probe.items()}
+        self.info.update(full_params=param_count(full), sub_params=param_count(sub),
+                         full_flops_per_sample=sample_flops(full, probe),
+                         sub_flops_per_sample=sample_flops(sub, probe),
+                         compressed_layers=self.plan.compressed, kept_whole=self.plan.whole,
+                         ffn_neurons_kept={i: len(k) for i, k in self.plan.kept.items()},
+                         mode=o.mode)
+        self.public = None
+        if exp.rt.is_server and (o.distills or o.aligns):
+            enc = Encoded(public_split(o, cfg.data, cfg.seed), exp.data.tokenizer, cfg.model.max_length)
+            self.public = cycle_batches(enc, o.distill_batch_size, cfg.seed)
+            self.public_heldout = [next(self.public) for _ in range(2)]
+            self.info["public_samples"] = len(enc)
+        if exp.rt.is_server and o.distills:
+            before = evaluate_layers(full, sub, self.plan, self.public_heldout)
+            st = distill(full, sub, self.plan, self.public, o.distill_steps, o.distill_alpha, o.distill_lr,
+                         exp.meter, exp.rt.device)
+            after = evaluate_layers(full, sub, self.plan, self.public_heldout)
+            self._server_work("distill", st)
+            self.info.update(distill_layer_loss_before=before, distill_layer_loss_after=after)
+        # The sub-model (frozen weights, all of it: a client has nothing else) goes down once.
+        base = list(sub.parameters())
+        flat = flatten(base) if exp.rt.is_server else torch.empty(sum(p.numel() for p in base),
+                                                                  dtype=base[0].dtype, device=exp.rt.device)
+        exp.link.broadcast(flat, kind=INIT_KIND, clients=list(range(cfg.federation.num_clients)))
+        unflatten_into(flat, base)
+        del flat
+        self.info["init_bytes_per_client"] = sum(p.numel() * p.element_size() for p in base)
+        # Same LoRA + classifier on both; their names and shapes must match.
+        self.full = add_lora(full, cfg, o.lora_targets, cfg.seed)
+        self.sub = add_lora(sub, cfg, o.lora_targets, cfg.seed)
+        self.full_params = [p for _, p in trainable(self.full)]
+        names_full = [(n, tuple(p.shape)) for n, p in trainable(self.full)]
+        names_sub = [(n, tuple(p.shape)) for n, p in trainable(self.sub)]
+        if names_full != names_sub:
+            raise RuntimeError("fedpft: sub-model LoRA does not match the full model's")
+        with torch.no_grad():
+            for (_, ps), pf in zip(trainable(self.sub), self.full_params):
+                ps.copy_(pf)
+        exp.model = self.full if exp.rt.is_server else self.sub
+        super().setup()  # FedAvg over the sub-model's trainable state
+        self.model = self.sub
+        self.params = [p for _, p in trainable(self.sub)]
+        if exp.rt.is_server:
+            batch = next(exp.data.client_batches(0, 0, 1, cfg.train.batch_size))
+            batch = {k: v.to(exp.rt.device) for k, v in batch.items()}
+            self.info["client_memory"] = training_memory_bytes(self.sub, batch)
+            self.info["full_model_client_memory"] = training_memory_bytes(self.full, batch)
+
+    def _server_work(self, kind: str, st: DistillStats) -> None:
+        exp = self.exp
+        exp.ledger.add(exp.link.round, -1, SERVER, kind, flops=st.flops, seconds=st.flops / exp.server_speed)
+        self.info.setdefault(f"{kind}_steps", 0)
+        self.info[f"{kind}_steps"] += st.steps
+
+    # -- the round ------------------------------------------------------------
+    def aligns_now(self, rnd: int) -> bool:
+        return self.opts.aligns and bool(self.plan.compressed) and (rnd + 1) % self.opts.align_every == 0
+
+    def run_round(self, rnd: int, sampled: list[int]) -> dict[int, dict[str, float]]:
+        self.activity: dict[int, torch.Tensor] = {}
+        stats = super().run_round(rnd, sampled)
+        if self.exp.rt.is_server:  # the global LoRA + classifier also live on the full model
+            unflatten_into(flatten(self.params), self.full_params)
+        if self.aligns_now(rnd):
+            self.align(rnd, sampled)
+        return stats
+
+    def train_client(self, client: int, rnd: int) -> ClientResult:
+        if not self.aligns_now(rnd):
+            return super().train_client(client, rnd)
+        exp, cfg = self.exp, self.exp.cfg
+        seed_torch(cfg.seed, rnd, client)
+        opt = make_optimizer(self.params, cfg.train)
+        meter = ActivityMeter(self.sub, self.plan, self.opts.align_eps)
+        try:
+            batches = meter.batches(exp.data.client_batches(client, rnd, cfg.train.local_steps,
+                                                            cfg.train.batch_size))
+            st = train_steps(self.model, batches, opt, exp.meter, exp.rt.device)
+        finally:
+            self.activity[client] = meter.close()
+        return self.result(client, st.num_samples, st.loss_sum, st.flops)
+
+    def align(self, rnd: int, sampled: list[int]) -> None:
+        """Stats up (per client), re-distil the least active neurons, changed neurons down (all clients)."""
+        exp, o = self.exp, self.opts
+        link = exp.link
+        live = [c for c in sampled if not drops_out(exp.cfg.seed, rnd, c, exp.cfg.federation.dropout)]
+        counts = {i: o.align_count(len(self.plan.kept[i])) for i in self.plan.compressed}
+        n_idx = sum(counts.values())
+        if exp.rt.is_server:
+            share, weight = None, 0.0
+            for c in live:
+                s = link.from_client(client=c, kind=STATS_KIND).double()
+                w = exp.data.client_size(c)
+                share = s * w if share is None else share + s * w
+                weight += w
+            chosen = {}
+            if share is not None:
+                share /= weight
+                chosen = least_active(share, self.plan, counts)
+                st = distill(self.full, self.sub, self.plan, self.public, o.align_steps, o.distill_alpha,
+                             o.distill_lr, exp.meter, exp.rt.device, masks=neuron_masks(self.plan, chosen))
+                self._server_work("align", st)
+                self.info.setdefault("align_rounds", []).append(rnd)
+            index = torch.cat([chosen[i] for i in self.plan.compressed]).long() if chosen else \
+                torch.full((n_idx,), -1, dtype=torch.long)
+        else:
+            for c in exp.rt.clients_here(live):
+                link.to_server(self.activity.pop(c), client=c, kind=STATS_KIND)
+            index = torch.empty(n_idx, dtype=torch.long)
+        everyone = list(range(exp.cfg.federation.num_clients))
+        link.broadcast(index, kind=SUBMODEL_KIND, clients=everyone)
+        if int(index[0]) < 0:
+            return  # nobody arrived: nothing was aligned
+        chosen = self._split(index, counts)
+        values = self._neurons(chosen) if exp.rt.is_server else torch.empty(
+            self._neuron_numel(counts), dtype=self.params[0].dtype)
+        link.broadcast(values, kind=SUBMODEL_KIND, clients=everyone)
+        if not exp.rt.is_server:
+            self._load_neurons(values, chosen)
+
+    # -- packing the changed neurons ------------------------------------------
+    def _split(self, index: torch.Tensor, counts: dict[int, int]) -> dict[int, torch.Tensor]:
+        out, off = {}, 0
+        for i in self.plan.compressed:
+            out[i] = index[off:off + counts[i]]
+            off += counts[i]
+        return out
+
+    def _pieces(self, chosen: dict[int, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """(parameter, neuron indices, neuron axis) of every changed slice."""
+        blocks = encoder_layers(self.sub)
+        out = []
+        for i in self.plan.compressed:
+            w_in, w_out = ffn(blocks[i])
+            out += [(w_in.weight, chosen[i], 0)] + ([(w_in.bias, chosen[i], 0)] if w_in.bias is not None else [])
+            out.append((w_out.weight, chosen[i], 1))
+        return out
+
+    def _neuron_numel(self, counts: dict[int, int]) -> int:
+        blocks = encoder_layers(self.sub)
+        n = 0
+        for i in self.plan.compressed:
+            w_in, w_out = ffn(blocks[i])
+            n += counts[i] * (w_in.in_features + (w_in.bias is not None) + w_out.out_features)
+        return n
+
+    def _neurons(self, chosen: dict[int, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([p.detach().index_select(ax, idx.to(p.device)).reshape(-1)
+                          for p, idx, ax in self._pieces(chosen)])
+
+    @torch.no_grad()
+    def _load_neurons(self, values: torch.Tensor, chosen: dict[int, torch.Tensor]) -> None:
+        off = 0
+        for p, idx, ax in self._pieces(chosen):
+            shape = list(p.shape)
+            shape[ax] = len(idx)
+            n = int(np.prod(shape))
+            p.index_copy_(ax, idx.to(p.device), values[off:off + n].view(shape).to(p.device))
+            off += n
+
+    # -- evaluation, checkpoint, report -----------------------------------------
+    def eval_model(self) -> nn.Module:
+        return self.full
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        blocks = encoder_layers(self.sub)
+        ffns = [t for i in self.plan.compressed for t in ffn(blocks[i])[0].parameters()] + \
+               [ffn(blocks[i])[1].weight for i in self.plan.compressed]
+        return {"trainable": flatten(self.params).cpu(),
+                "sub_ffn": flatten(ffns).cpu() if ffns else torch.zeros(0)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        # Server only; clients get the sub-model FFNs at the next alignment. On resume the
+        # sub-model they rebuilt in setup is the one distilled before FL.
+        super().load_state_dict(state)
+        unflatten_into(flatten(self.params), self.full_params)
+        blocks = encoder_layers(self.sub)
+        ffns = [t for i in self.plan.compressed for t in ffn(blocks[i])[0].parameters()] + \
+               [ffn(blocks[i])[1].weight for i in self.plan.compressed]
+        if ffns:
+            unflatten_into(state["sub_ffn"].to(self.exp.rt.device), ffns)
+
+    def report(self) -> dict[str, object]:
+        out = super().report()
+        out.update({f"fedpft_{k}": v for k, v in self.info.items()})
+        return out
