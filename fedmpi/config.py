@@ -124,7 +124,7 @@ class AttackConfig:
 @dataclass
 class RuntimeConfig:
     backend: str = "auto"  # auto | gloo | nccl
-    timeout_s: float = 120.0  # collective timeout: a dead rank ends the job
+    timeout_s: float = 300.0  # collective timeout: backstop if a launcher fails to end the job
     threads: int | None = None  # torch threads per rank (default: cores / local ranks)
 
 
