@@ -45,6 +45,18 @@ def drops_out(seed: int, rnd: int, client: int, p: float) -> bool:
     return p > 0 and np.random.default_rng([seed, rnd, client, 0xD0]).random() < p
 
 
+def _round_buffer(exp, kind: str, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed accumulation buffer, reused round after round: a fresh 182 MB
+    float64 buffer per round (full MiniLM) costs page faults on every touch.
+    So the average `finish()` returns is valid until the next round's
+    Aggregator of the same kind (FedAvg copies it into the model at once)."""
+    buffers = exp.__dict__.setdefault("_aggregation_buffers", {})
+    buf = buffers.get(kind)
+    if buf is None or buf.numel() != size or buf.dtype != dtype or buf.device != device:
+        buffers[kind] = buf = torch.empty(size, dtype=dtype, device=device)
+    return buf.zero_()
+
+
 class Aggregator:
     def __init__(self, exp, sampled: list[int], numel: int, upload_bytes: int, kind: str = "update") -> None:
         self.exp = exp
@@ -59,11 +71,13 @@ class Aggregator:
         self.keep = fed.clients_per_round if fed.over_selection > 1 else None
         device = exp.rt.device
         self.stats = torch.zeros(len(sampled), NSTAT, dtype=torch.float64, device=device)
-        self.acc = torch.zeros(numel, dtype=self.dtype, device=device)
         self.held: dict[int, ClientResult] = {}
         # Stats ride in the update buffer only when it is float64 (exact for
         # FLOP counts); else, or to rank finish times, they go first on their own.
         self.two_phase = self.keep is not None or self.dtype != torch.float64
+        # Room for the stats block at the tail, so finish() needs no torch.cat copy.
+        tail = 0 if self.two_phase else len(sampled) * NSTAT
+        self.acc = _round_buffer(exp, kind, numel + tail, self.dtype, device)
 
     def add(self, r: ClientResult) -> None:
         """Fold one client's result into this rank's partial sum."""
@@ -76,7 +90,8 @@ class Aggregator:
         if self.two_phase:
             self.held[r.client] = r
         else:
-            self.acc.add_(r.state.to(self.dtype), alpha=r.num_samples)
+            # in-place mixed-dtype add: bitwise the same as .to(dtype) first, without the temporary
+            self.acc[: self.numel].add_(r.state, alpha=r.num_samples)
 
     def _kept(self, stats: torch.Tensor) -> list[int]:
         """Arrived clients; with over-selection only the first `keep` to finish."""
@@ -91,7 +106,7 @@ class Aggregator:
             kept = link.share(self._kept(stats) if self.exp.rt.is_server else None)
             for c in kept:
                 if c in self.held:
-                    self.acc.add_(self.held[c].state.to(self.dtype), alpha=self.held[c].num_samples)
+                    self.acc.add_(self.held[c].state, alpha=self.held[c].num_samples)
             self.held.clear()
             link.reduce(self.acc, kind=self.kind, bytes_per_client=self.upload_bytes, clients=kept)
             stats[:, 4] = 0
@@ -99,7 +114,8 @@ class Aggregator:
                 stats[self.slot[c], 4] = 1
             buffer = self.acc
         else:
-            buffer = torch.cat([self.acc, self.stats.reshape(-1).to(self.dtype)])
+            buffer = self.acc
+            buffer[self.numel:] = self.stats.reshape(-1)
             link.reduce(buffer, kind=self.kind, bytes_per_client=self.upload_bytes,
                         clients=lambda b: [c for c, i in self.slot.items()
                                            if b[self.numel + i * NSTAT + 4] > 0])
@@ -111,7 +127,7 @@ class Aggregator:
         weight = sum(s["num_samples"] for s in per_client.values() if s["arrived"] > 0)
         if weight <= 0:
             return None, per_client
-        return buffer[: self.numel] / weight, per_client
+        return buffer[: self.numel].div_(weight), per_client
 
     def _record(self, per_client: dict[int, dict[str, float]]) -> None:
         exp = self.exp
