@@ -181,6 +181,7 @@ class FedPFT(FedAvg):
             for (_, ps), pf in zip(trainable(self.sub), self.full_params):
                 ps.copy_(pf)
         exp.model = self.full if exp.rt.is_server else self.sub
+        self._first_round, self._resumed = True, False
         super().setup()  # FedAvg over the sub-model's trainable state
         self.model = self.sub
         self.params = [p for _, p in trainable(self.sub)]
@@ -202,6 +203,10 @@ class FedPFT(FedAvg):
 
     def run_round(self, rnd: int, sampled: list[int]) -> dict[int, dict[str, float]]:
         self.activity: dict[int, torch.Tensor] = {}
+        if self._first_round:  # after a resume, clients need the checkpoint's aligned FFNs
+            self._first_round = False
+            if self.exp.link.share(self._resumed):
+                self._resync_ffns()
         stats = super().run_round(rnd, sampled)
         if self.exp.rt.is_server:  # the global LoRA + classifier also live on the full model
             unflatten_into(flatten(self.params), self.full_params)
@@ -307,23 +312,34 @@ class FedPFT(FedAvg):
     def eval_model(self) -> nn.Module:
         return self.full
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def _ffns(self) -> list[torch.Tensor]:
+        """The compressed FFN weights that distillation and alignment change."""
         blocks = encoder_layers(self.sub)
-        ffns = [t for i in self.plan.compressed for t in ffn(blocks[i])[0].parameters()] + \
+        return [t for i in self.plan.compressed for t in ffn(blocks[i])[0].parameters()] + \
                [ffn(blocks[i])[1].weight for i in self.plan.compressed]
+
+    def _resync_ffns(self) -> None:
+        ffns = self._ffns()
+        if not ffns:
+            return
+        flat = flatten(ffns) if self.exp.rt.is_server else torch.empty(
+            sum(t.numel() for t in ffns), dtype=ffns[0].dtype, device=self.exp.rt.device)
+        self.exp.link.broadcast(flat, kind=SUBMODEL_KIND, clients=list(range(self.exp.cfg.federation.num_clients)))
+        unflatten_into(flat, ffns)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        ffns = self._ffns()
         return {"trainable": flatten(self.params).cpu(),
                 "sub_ffn": flatten(ffns).cpu() if ffns else torch.zeros(0)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        # Server only; clients get the sub-model FFNs at the next alignment. On resume the
-        # sub-model they rebuilt in setup is the one distilled before FL.
+        """Server only; the aligned FFNs reach the clients at the first round after it."""
         super().load_state_dict(state)
         unflatten_into(flatten(self.params), self.full_params)
-        blocks = encoder_layers(self.sub)
-        ffns = [t for i in self.plan.compressed for t in ffn(blocks[i])[0].parameters()] + \
-               [ffn(blocks[i])[1].weight for i in self.plan.compressed]
+        ffns = self._ffns()
         if ffns:
             unflatten_into(state["sub_ffn"].to(self.exp.rt.device), ffns)
+        self._resumed = True
 
     def report(self) -> dict[str, object]:
         out = super().report()
