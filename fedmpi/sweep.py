@@ -222,9 +222,9 @@ def resolve_launcher(requested: str, env: dict[str, str] | None = None) -> str:
     return "mpirun"
 
 
-def command_for(entry: Entry, base: Path, launcher: str, ranks: int | None) -> list[str]:
+def command_for(entry: Entry, base: Path, launcher: str, ranks: int | None, resume: bool = False) -> list[str]:
     """The argv that runs ``entry``; for launcher ``none`` the in-process argv."""
-    sets = [arg for item in entry.overrides for arg in ("--set", item)]
+    sets = [arg for item in entry.overrides for arg in ("--set", item)] + (["--resume"] if resume else [])
     if launcher == "none":
         return ["run", str(base), *sets]
     if launcher == "srun":
@@ -263,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how to start the ranks of the entry (default: auto, see docs)")
     p.add_argument("-n", "--ranks", type=int, default=None,
                    help=f"ranks per entry (mpirun default {DEFAULT_RANKS}; srun default: the allocation)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the entry from its run folder's checkpoint (re-run array tasks)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra override for every entry (repeatable)")
     return p
@@ -285,7 +287,7 @@ def main(argv: list[str], run_in_process: Callable[[list[str]], int] = _in_proce
                              f"{len(sweep.entries)} entries (0..{len(sweep.entries) - 1})")
         entry = sweep.entries[args.run_index]
         launcher = resolve_launcher(args.launcher)
-        cmd = command_for(entry, sweep.base, launcher, args.ranks)
+        cmd = command_for(entry, sweep.base, launcher, args.ranks, args.resume)
     except ConfigError as exc:
         print(f"fedmpi sweep: {exc}", file=sys.stderr)
         return 2
