@@ -76,6 +76,10 @@ def accuracy_vs(runs: list[Run], x_of: str, path: Path) -> Path:
             plotted += 1
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
+    ends = [xs[-1] for xs, _ in curves.values() if xs and xs[-1] > 0]
+    if ends and max(ends) / min(ends) > 100:  # e.g. LoRA vs full fine-tuning: 1000x apart
+        ax.set_xscale("log")
+        ax.set_xlabel(ax.get_xlabel() + ", log scale")
     if plotted:
         ax.legend(fontsize="small")
     else:
@@ -97,25 +101,35 @@ def _bytes_by_kind(run: Run) -> dict[int, dict[str, int]]:
     return {r: dict(k) for r, k in table.items()}
 
 
-def bytes_by_kind(run: Run, path: Path) -> Path:
-    """Stacked bars: what each round's traffic was made of."""
+def kind_colors(runs: list[Run]) -> dict[str, str]:
+    """One colour per message kind across all figures, so 'model' looks the same everywhere."""
+    kinds = sorted({k for run in runs for per in _bytes_by_kind(run).values() for k in per})
+    palette = [f"C{i}" for i in range(10)] + [f"tab:{c}" for c in ("olive", "cyan", "pink", "gray")]
+    return {k: palette[i % len(palette)] for i, k in enumerate(kinds)}
+
+
+def bytes_by_kind(run: Run, path: Path, colors: dict[str, str] | None = None) -> Path:
+    """Stacked bars: what each round's traffic was made of (biggest kind at the bottom)."""
     fig, ax = _figure()
     per_round = _bytes_by_kind(run)
     rounds = sorted(per_round)
-    kinds = sorted({k for r in rounds for k in per_round[r]}, key=lambda k: -sum(per_round[r].get(k, 0) for r in rounds))
+    kinds = sorted({k for r in rounds for k in per_round[r]},
+                   key=lambda k: (-sum(per_round[r].get(k, 0) for r in rounds), k))
     largest = max((sum(per_round[r].values()) for r in rounds), default=0)
     scale, unit = byte_unit(largest)
     bottom = [0.0] * len(rounds)
     for kind in kinds:
         heights = [per_round[r].get(kind, 0) / scale for r in rounds]
-        ax.bar(rounds, heights, bottom=bottom, label=kind)
+        ax.bar(rounds, heights, bottom=bottom, label=kind, color=(colors or {}).get(kind))
         bottom = [b + h for b, h in zip(bottom, heights)]
     ax.set_title(f"Traffic per round by message kind — {run.name}")
     ax.set_xlabel("round")
     ax.set_ylabel(f"bytes sent, up + down ({unit})")
     ax.grid(axis="y", alpha=0.3)
     if kinds:
-        ax.legend(title="kind", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        handles, labels = ax.get_legend_handles_labels()  # top of the legend = top of the stack
+        ax.legend(handles[::-1], labels[::-1], title="kind", fontsize="small", loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0))
         if len(rounds) <= 30:
             ax.set_xticks(rounds)
     else:
@@ -171,7 +185,8 @@ def file_stems(runs: list[Run]) -> list[str]:
 def write_all(runs: list[Run], out: Path) -> list[Path]:
     files = [accuracy_vs(runs, "bytes", out / "accuracy_vs_bytes.png"),
              accuracy_vs(runs, "time", out / "accuracy_vs_time.png")]
+    colors = kind_colors(runs)
     for run, stem in zip(runs, file_stems(runs)):
-        files.append(bytes_by_kind(run, out / f"bytes_by_kind_{stem}.png"))
+        files.append(bytes_by_kind(run, out / f"bytes_by_kind_{stem}.png", colors))
         files.append(client_bytes(run, out / f"client_bytes_{stem}.png"))
     return files
