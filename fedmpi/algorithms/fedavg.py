@@ -42,10 +42,15 @@ class FedAvg(Algorithm):
                 continue
             unflatten_into(flat, self.params)
             agg.add(self.train_client(c, rnd))
+        if exp.rt.is_server:
+            self.serve(rnd, sampled)
         avg, stats = agg.finish()
         if exp.rt.is_server and avg is not None:
             unflatten_into(avg, self.params)
         return stats
+
+    def serve(self, rnd: int, sampled: list[int]) -> None:
+        """Hook: the server's own work while clients train (split learning serves them here)."""
 
     def train_client(self, client: int, rnd: int) -> ClientResult:
         """Hook: local training of one client from the global state now loaded."""

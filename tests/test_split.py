@@ -1,0 +1,255 @@
+"""Split learning: the split model is the unsplit model, the wire carries
+exactly (seq + prompt) x hidden x 4 bytes per sample per crossing, SplitFed
+and SFPrompt train under mpiexec, EL2N pruning keeps exactly ceil(gamma n)
+hardest samples, and local-loss steps cost no traffic."""
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, assert_ok, launch
+from fedmpi.algorithms.aggregate import sample_clients
+from fedmpi.algorithms.sfprompt import el2n_scores, hardest, keep_count
+from fedmpi.algorithms.split_options import SFPromptOptions, SplitFedOptions, read_options
+from fedmpi.config import ConfigError, load_config
+from fedmpi.data.federated import FederatedData
+from fedmpi.experiment import prepare
+from fedmpi.models.split import SplitModel, SplitPoints, check_points, split_step
+
+SPLITFED = ROOT / "configs" / "tiny_splitfed.yaml"
+SFPROMPT = ROOT / "configs" / "tiny_sfprompt.yaml"
+TIMEOUT = 600  # the machine is shared and loaded
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """(cfg, prepared model/data, FederatedData) of the tiny split config."""
+    cfg = load_config(SPLITFED)
+    prep = prepare(cfg)
+    data = FederatedData(prep.task, prep.parts, prep.tokenizer, cfg.model.max_length, cfg.seed)
+    return cfg, prep, data
+
+
+# -- the split model ------------------------------------------------------------
+
+@pytest.mark.parametrize("head,tail", [(1, 1), (0, 2), (2, 0), (0, 0)])
+def test_split_equals_unsplit_forward_and_gradients(tiny, head, tail):
+    cfg, prep, data = tiny
+    batch = next(data.client_batches(0, 0, 1, 8))
+    assert batch["attention_mask"].min() == 0  # padding present: the mask must reach every part
+    ref = copy.deepcopy(prep.model)
+    out = ref(**batch)
+    out.loss.backward()
+    model = copy.deepcopy(prep.model)
+    split = SplitModel(model, SplitPoints(head, tail, 0))
+    assert len(split.head_layers) == head and len(split.tail_layers) == tail
+    assert len(split.body_layers) == 3 - head - tail
+    loss, logits = split_step(split, batch)  # detached cuts, gradients handed back by hand
+    torch.testing.assert_close(logits, out.logits.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(loss, out.loss.detach(), rtol=0, atol=1e-6)
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert p.grad is not None, name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+    # and the chained forward (what the server evaluates) is the unsplit forward
+    torch.testing.assert_close(split(**batch).logits, out.logits.detach(), rtol=0, atol=1e-6)
+
+
+def test_soft_prompt_widens_activations_and_trains(tiny):
+    cfg, prep, data = tiny
+    batch = next(data.client_batches(0, 0, 1, 8))
+    split = SplitModel(copy.deepcopy(prep.model), SplitPoints(1, 1, 3), seed=0)
+    hidden, mask = split.head(batch)
+    b, width = batch["input_ids"].shape
+    assert hidden.shape == (b, width + 3, cfg.model.hidden_size)
+    assert mask.shape == (b, width + 3) and bool(mask[:, :3].all())
+    loss, logits = split_step(split, batch)
+    torch.testing.assert_close(logits, split(**batch).logits.detach(), rtol=0, atol=1e-6)
+    assert split.prompt.grad is not None and split.prompt.grad.abs().sum() > 0
+    assert split.client_params()[0] is split.prompt
+    # every rank builds the same prompt from the seed
+    again = SplitModel(copy.deepcopy(prep.model), SplitPoints(1, 1, 3), seed=0)
+    assert torch.equal(again.prompt, SplitModel(copy.deepcopy(prep.model), SplitPoints(1, 1, 3), seed=0).prompt)
+
+
+def test_invalid_split_points_and_options_are_config_errors(tiny):
+    _, prep, _ = tiny
+    with pytest.raises(ConfigError, match="at least one layer for the server's body.*3 layers"):
+        check_points(prep.model, SplitPoints(2, 1), "tiny-bert")
+    with pytest.raises(ConfigError, match=">= 0"):
+        check_points(prep.model, SplitPoints(-1, 1), "tiny-bert")
+    with pytest.raises(ConfigError, match="did you mean 'options.prune_ratio'"):
+        read_options(SFPromptOptions, {"prune_ration": 0.5}, "sfprompt")
+    with pytest.raises(ConfigError, match="unknown option 'options.prune_ratio' for algorithm 'splitfed'"):
+        read_options(SplitFedOptions, {"prune_ratio": 0.5}, "splitfed")
+    with pytest.raises(ConfigError, match="options.split_head_layers expects int"):
+        read_options(SplitFedOptions, {"split_head_layers": "two"}, "splitfed")
+    assert read_options(SFPromptOptions, {"prune_ratio": 1}, "sfprompt").prune_ratio == 1.0
+
+
+@pytest.mark.mpi
+def test_bad_split_fails_the_run_with_a_clear_message(tmp_path):
+    run = launch(tmp_path, 3, "options.split_head_layers=2", config=SPLITFED, timeout=TIMEOUT)
+    assert run.proc.returncode != 0
+    text = run.proc.stdout + run.proc.stderr
+    assert "options.split_head_layers (2) + options.split_tail_layers (1)" in text
+    assert "Traceback" not in text
+
+
+# -- EL2N pruning -----------------------------------------------------------------
+
+def test_keep_count_is_an_exact_ceiling():
+    assert keep_count(10, 0.3) == 3  # 0.3 * 10 = 3.0000000000000004 in floating point
+    assert keep_count(10, 0.31) == 4
+    assert keep_count(37, 0.5) == 19
+    assert keep_count(5, 1.0) == 5
+    assert keep_count(3, 0.01) == 1
+
+
+@pytest.mark.parametrize("n,gamma", [(10, 0.3), (37, 0.5), (64, 0.25), (7, 1.0)])
+def test_pruning_keeps_exactly_the_hardest(n, gamma):
+    scores = np.random.default_rng(n).random(n)
+    kept = hardest(scores, gamma)
+    assert len(kept) == math.ceil(round(gamma * n, 9))
+    assert len(set(kept.tolist())) == len(kept)
+    dropped = np.setdiff1d(np.arange(n), kept)
+    if len(dropped):
+        assert scores[kept].min() > scores[dropped].max()
+    assert set(kept.tolist()) == set(np.argsort(-scores)[:len(kept)].tolist())
+
+
+def test_stratified_pruning_keeps_the_same_count_shared_by_class():
+    rng = np.random.default_rng(1)
+    labels = np.array([0] * 30 + [1] * 10)
+    scores = np.where(labels == 1, 1.0, 0.0) + rng.random(40) * 0.1  # every class-1 sample is harder
+    plain = hardest(scores, 0.25)
+    assert set(labels[plain].tolist()) == {1}  # plain EL2N: one class only
+    strat = hardest(scores, 0.25, labels)
+    assert len(strat) == 10 and (labels[strat] == 0).sum() == 8 and (labels[strat] == 1).sum() == 2
+    for y in (0, 1):
+        idx = np.flatnonzero(labels == y)
+        mine = np.intersect1d(strat, idx)
+        assert scores[mine].min() >= scores[np.setdiff1d(idx, mine)].max()
+
+
+def test_el2n_is_the_norm_of_softmax_minus_onehot(tiny):
+    cfg, prep, data = tiny
+    split = SplitModel(copy.deepcopy(prep.model), SplitPoints(1, 1, 2))
+    scores, _ = el2n_scores(split, data.client_all(0, 16), torch.device("cpu"))
+    assert len(scores) == data.client_size(0)
+    split.eval()
+    with torch.no_grad():
+        for idx, batch in data.client_all(0, 16):
+            p = split.shortcut(batch).softmax(-1)
+            p[torch.arange(len(idx)), batch["labels"]] -= 1
+            np.testing.assert_allclose(scores[idx], p.norm(dim=-1).numpy(), rtol=1e-6)
+
+
+# -- under mpiexec -------------------------------------------------------------------
+
+def _rows(run, **match):
+    return [r for r in run.ledger if all(r[k] == v for k, v in match.items())]
+
+
+@pytest.mark.mpi
+def test_splitfed_trains_and_activation_bytes_are_exact(tmp_path, tiny):
+    run = launch(tmp_path, 3, config=SPLITFED, timeout=TIMEOUT)
+    assert_ok(run)
+    cfg, _, data = tiny
+    losses = [m["loss"] for m in run.metrics]
+    assert len(losses) == cfg.federation.rounds
+    assert np.mean(losses[-2:]) < losses[0] - 0.05, losses
+    # The exact formula: per sample per step (seq + prompt) x hidden x 4 bytes, four crossings.
+    p, h, fed, bs = cfg.options["prompt_tokens"], cfg.model.hidden_size, cfg.federation, cfg.train.batch_size
+    for rnd in range(fed.rounds):
+        for c in sample_clients(fed.num_clients, fed.clients_per_round, cfg.seed, rnd):
+            sizes = [b["input_ids"].shape[0] * (b["input_ids"].shape[1] + p)
+                     for b in data.client_batches(c, rnd, cfg.train.local_steps, bs)]
+            want = [n * h * 4 for n in sizes]
+            for kind in ("activations", "gradients"):
+                for direction in ("up", "down"):
+                    got = [r["bytes"] for r in _rows(run, round=rnd, client=c, kind=kind, direction=direction)]
+                    assert got == want, (rnd, c, kind, direction)
+            assert [r["bytes"] for r in _rows(run, round=rnd, client=c, kind="mask")] == sizes
+    kinds = {r["kind"] for r in run.ledger if r["bytes"]}
+    assert kinds == {"model", "update", "activations", "gradients", "mask"}
+    # Server FLOPs are recorded apart from client FLOPs: one SERVER row per served client.
+    s = run.summary
+    server_rows = _rows(run, direction="server", kind="compute")
+    assert len(server_rows) == fed.rounds * fed.clients_per_round and all(r["flops"] > 0 for r in server_rows)
+    assert s["total_server_flops"] >= sum(r["flops"] for r in server_rows) > 0
+    assert s["total_client_flops"] == sum(r["flops"] for r in _rows(run, direction="local"))
+    assert s["server_trainable_params"] > 0 and s["client_trainable_params"] + s["server_trainable_params"] == \
+        s["total_params"]
+    for r in _rows(run, kind="update"):
+        assert r["bytes"] == s["client_trainable_params"] * 4
+
+
+@pytest.mark.mpi
+def test_splitfed_with_one_client_is_fedavg_exactly(tmp_path):
+    """With one client a round there is nothing to average: SplitFed (V1 here)
+    must then be full fine-tuning, computed over the wire, to the last bit."""
+    common = ("federation.clients_per_round=1", "federation.rounds=2", "train.local_steps=4",
+              "options.prompt_tokens=0", "options.splitfed_version=v1")
+    split = launch(tmp_path, 3, *common, config=SPLITFED, name="split", timeout=TIMEOUT)
+    assert_ok(split)
+    full = launch(tmp_path, 3, *common, "algorithm=fedavg", "options={}", config=SPLITFED, name="full",
+                  timeout=TIMEOUT)
+    assert_ok(full)
+    for a, b in zip(split.metrics, full.metrics):
+        assert (a["loss"], a["test_loss"], a["accuracy"]) == (b["loss"], b["test_loss"], b["accuracy"])
+
+
+@pytest.mark.mpi
+def test_sfprompt_trains_prompt_and_tail_with_a_frozen_body(tmp_path):
+    """gamma = 1 here: on a random tiny model, pruning each round makes the loss of
+    the kept (hardest) samples a moving target; pruning is checked exactly above
+    and on the wire below."""
+    run = launch(tmp_path, 3, "options.prune_ratio=1.0", config=SFPROMPT, timeout=TIMEOUT)
+    assert_ok(run)
+    losses = [m["loss"] for m in run.metrics]
+    assert losses[-1] < losses[0] - 0.1, losses
+    s = run.summary
+    assert s["server_trainable_params"] == 0 and s["server_params"] > 0
+    cfg = load_config(SFPROMPT)
+    h = cfg.model.hidden_size
+    tail_layer = 4 * (h * h + h) + 2 * (h * cfg.model.intermediate_size) + cfg.model.intermediate_size + h + 4 * h
+    prompt, pooler, classifier = cfg.options["prompt_tokens"] * h, h * h + h, 2 * h + 2
+    assert s["client_trainable_params"] == prompt + tail_layer + pooler + classifier
+    assert {r["bytes"] for r in _rows(run, kind="update")} == {s["client_trainable_params"] * 4}
+
+
+@pytest.mark.mpi
+def test_sfprompt_pruning_and_local_loss_on_the_wire(tmp_path):
+    """One round with gamma = 0.5: each client makes ceil(gamma * local_steps)
+    split steps on batches of its ceil(gamma * n) kept samples, and local-loss
+    steps change client FLOPs but not one ledger byte."""
+    cfg = load_config(SFPROMPT)
+    runs = {}
+    for steps in (0, 3):
+        runs[steps] = launch(tmp_path, 3, "federation.rounds=1", f"options.local_loss_steps={steps}",
+                             config=SFPROMPT, name=f"ll{steps}", timeout=TIMEOUT)
+        assert_ok(runs[steps])
+    wire = {k: [(r["client"], r["direction"], r["kind"], r["bytes"]) for r in run.ledger if r["bytes"]]
+            for k, run in runs.items()}
+    assert wire[0] == wire[3]
+    assert runs[3].summary["total_client_flops"] > runs[0].summary["total_client_flops"]
+    p, h, gamma = cfg.options["prompt_tokens"], cfg.model.hidden_size, cfg.options["prune_ratio"]
+    n = cfg.data.max_train_samples // cfg.federation.num_clients
+    batch = min(cfg.train.batch_size, math.ceil(gamma * n))
+    steps = math.ceil(gamma * cfg.train.local_steps)
+    per = defaultdict(list)
+    for r in runs[3].ledger:
+        per[(r["client"], r["kind"], r["direction"])].append(r["bytes"])
+    for c in range(cfg.federation.num_clients):
+        masks = per[(c, "mask", "up")]
+        assert len(masks) == steps
+        for kind in ("activations", "gradients"):
+            for direction in ("up", "down"):
+                assert per[(c, kind, direction)] == [m * h * 4 for m in masks]
+        for m in masks:  # batch x (padded width + prompt), width a multiple of 8
+            assert m % batch == 0 and (m // batch - p) % 8 == 0
