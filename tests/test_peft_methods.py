@@ -116,3 +116,48 @@ def test_same_model_on_every_rank(method, batch):
     a.train()
     a(**batch).loss.backward()
     assert all(p.grad is not None for _, p in trainable(a))
+
+
+# -- vision backbones (tiny random ViT / CLIP, grey 28x28) ----------------------
+VISION = {"tiny-vit": "vit", "tiny-clip": "vision_model"}
+
+
+@pytest.mark.parametrize("backbone", list(VISION))
+@pytest.mark.parametrize("method", ["full", "lora", "federa", "prompt", "adapter", "bitfit", "head"])
+def test_vision_methods(backbone, method):
+    cfg = ModelConfig(name=backbone)  # hidden 32, 2 layers, 4x4 patches of 7 px
+    m = apply_method(build_model(cfg, 10, seed=0), MethodConfig(name=method, r=4, num_virtual_tokens=3,
+                                                                  adapter_size=8))
+    x = torch.randn(3, 1, 28, 28)
+    out = m(pixel_values=x, labels=torch.tensor([0, 1, 2]))
+    assert out.logits.shape == (3, 10)
+    out.loss.backward()
+    assert all(p.grad is not None for _, p in trainable(m))
+    head = H * 10 + 10
+    expected = {"lora": LAYERS * 2 * 4 * (H + H) + head, "federa": LAYERS * 2 * 4 * (H + H) + head,
+                "prompt": 3 * H + head, "adapter": LAYERS * 2 * (H * 8 + 8 + 8 * H + H) + head, "head": head}
+    if method in expected:
+        assert numel(m) == expected[method]
+
+
+def test_mnist_task_and_pixels(shared_data):
+    from fedmpi.config import DataConfig
+    from fedmpi.data.federated import FederatedData
+    from fedmpi.data.partition import partition
+    from fedmpi.data.sources import load_task
+
+    task = load_task(DataConfig(name="mnist", path=str(shared_data)), seed=0)
+    assert (len(task.train), len(task.test)) == (8000, 2000) and task.num_labels == 10
+    enc = load_tokenizer(ModelConfig(name="tiny-vit", image_size=32))
+    data = FederatedData(task, partition(task.train.labels, 4, "iid"), enc, 0, seed=0)
+    b = next(data.client_batches(0, 0, 1, 5))
+    assert b["pixel_values"].shape == (5, 1, 32, 32) and b["labels"].shape == (5,)
+
+
+@pytest.mark.parametrize("backbone", list(VISION))
+def test_vision_fedpft_targets(backbone):
+    """query/key/value/attention-output map to the q/k/v/o projections of ViT and CLIP."""
+    m = apply_method(build_model(ModelConfig(name=backbone), 10, 0),
+                     MethodConfig(name="lora", r=2, train_head=False,
+                                  target_modules=["query", "key", "value", "attention.output.dense"]))
+    assert numel(m) == LAYERS * 4 * 2 * (H + H)

@@ -46,6 +46,13 @@ class Encoded:
         return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": self.labels[idx]}
 
 
+def encode(split, tokenizer, max_length: int):
+    """Tokenise a text split; image models' encoders (data.images.PixelEncoder) do their own."""
+    if hasattr(tokenizer, "encode_split"):
+        return tokenizer.encode_split(split, max_length)
+    return Encoded(split, tokenizer, max_length)
+
+
 class FederatedData:
     def __init__(self, task: Task, parts: list[np.ndarray], tokenizer, max_length: int, seed: int,
                  transform: ClientTransform | None = None) -> None:
@@ -71,7 +78,7 @@ class FederatedData:
 
     def client(self, client: int) -> Encoded:
         if client not in self._clients:
-            self._clients[client] = Encoded(self.client_split(client), self.tokenizer, self.max_length)
+            self._clients[client] = encode(self.client_split(client), self.tokenizer, self.max_length)
         return self._clients[client]
 
     def client_batches(self, client: int, rnd: int, steps: int, batch_size: int) -> Iterator[Batch]:
@@ -98,7 +105,7 @@ class FederatedData:
 
     def test(self) -> Encoded:
         if self._test is None:
-            self._test = Encoded(self.task.test, self.tokenizer, self.max_length)
+            self._test = encode(self.task.test, self.tokenizer, self.max_length)
         return self._test
 
     def test_batches(self, batch_size: int, encoded: Encoded | None = None) -> Iterator[Batch]:

@@ -98,6 +98,8 @@ def install(exp: "Experiment") -> None:
     attack = exp.cfg.attack
     if attack.malicious_fraction <= 0:
         return
+    if not hasattr(exp.task.train, "texts"):
+        raise ConfigError("the backdoor attack inserts a trigger word: it needs a text dataset")
     if not 0 <= attack.target_label < exp.task.num_labels:
         raise ConfigError(f"attack.target_label {attack.target_label} is not a label of '{exp.task.name}' "
                           f"(0..{exp.task.num_labels - 1})")

@@ -10,6 +10,7 @@ import numpy as np
 
 from fedmpi.config import ConfigError, DataConfig
 from fedmpi.data.embedded import embedded_sentiment
+from fedmpi.data.images import image_task
 
 _EXTS = (".csv", ".csv.gz", ".jsonl", ".json", ".parquet", ".tsv")
 _TEST_SPLITS = ("test", "dev", "validation", "valid")
@@ -155,6 +156,8 @@ def load_task(cfg: DataConfig, seed: int) -> Task:
     if cfg.name == "embedded" and not cfg.path:
         tr_x, tr_y, te_x, te_y, names = embedded_sentiment()
         task = Task("embedded", TextSplit(tr_x, np.asarray(tr_y)), TextSplit(te_x, np.asarray(te_y)), names)
+    elif (images := image_task(cfg, seed)) is not None:  # mnist idx files or class-per-folder images
+        task = images
     else:
         folder = _local_folder(cfg)
         task = _load_folder(folder, cfg) if folder is not None else _load_hub(cfg)

@@ -42,6 +42,10 @@ def _hub_hint(name: str, exc: Exception) -> ConfigError:
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
+    from fedmpi.models.vision import pixel_encoder, vision_kind
+
+    if vision_kind(cfg):  # image models: a pixel encoder stands in for the tokenizer
+        return pixel_encoder(cfg)
     path = resolve(cfg.name)
     try:
         return AutoTokenizer.from_pretrained(path)
@@ -66,7 +70,11 @@ def build_model(cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
 
     hf_logging.set_verbosity_error()  # one load report per rank drowns the run's output
     hf_logging.disable_progress_bar()
+    from fedmpi.models.vision import build_vision, vision_kind
+
     torch.manual_seed(seed)
+    if vision_kind(cfg):
+        return build_vision(cfg, num_labels)
     if cfg.name == TINY:
         model = AutoModelForSequenceClassification.from_config(tiny_config(cfg, num_labels),
                                                                attn_implementation="sdpa")

@@ -15,7 +15,9 @@ from fedmpi.models.methods import register
 from fedmpi.models.sync import mark_synced
 
 HEAD_NAMES = ("classifier", "score")  # sequence-classification heads of BERT/ViT/CLIP-with-head
-CLIP_TARGETS = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "attention.output.dense": "self_attn.out_proj"}
+# BERT names -> the q/k/v/o names of ViT (transformers 5) and CLIP; first found wins
+PROJ_TARGETS = {"query": ["q_proj"], "key": ["k_proj"], "value": ["v_proj"],
+                "attention.output.dense": ["o_proj", "out_proj"]}
 
 
 def freeze(model: nn.Module) -> None:
@@ -38,7 +40,7 @@ def train_head(model: nn.Module) -> None:
 
 def _targets(model: nn.Module, cfg: MethodConfig) -> list[str]:
     """LoRA targets as module-name suffixes, as peft matches them ("query",
-    "attention.output.dense"); BERT/ViT names map to CLIP's on a CLIP model."""
+    "attention.output.dense"); BERT names map to q/k/v/o_proj on ViT and CLIP."""
     modules = [n for n, _ in model.named_modules()]
 
     def found(t: str) -> bool:
@@ -46,7 +48,7 @@ def _targets(model: nn.Module, cfg: MethodConfig) -> list[str]:
 
     targets = list(cfg.target_modules)
     if not any(found(t) for t in targets) and found("q_proj"):
-        targets = [CLIP_TARGETS.get(t, t) for t in targets]
+        targets = [next((c for c in PROJ_TARGETS.get(t, []) if found(c)), t) for t in targets]
     missing = [t for t in targets if not found(t)]
     if missing:
         raise ConfigError(f"method.target_modules {missing} not found in {type(model).__name__}")
@@ -102,8 +104,8 @@ def prompt(model: nn.Module, cfg: MethodConfig) -> nn.Module:
 
     if cfg.num_virtual_tokens <= 0:
         raise ConfigError(f"method.num_virtual_tokens must be > 0, got {cfg.num_virtual_tokens}")
-    if not hasattr(model, "get_input_embeddings") or model.get_input_embeddings() is None:
-        raise ConfigError(f"method 'prompt' needs a token-embedding model, not {type(model).__name__}")
+    if _patch_embeddings(model) is not None:
+        return visual_prompt(model, cfg)
     # Prompts start as embeddings of random vocabulary tokens: peft's default
     # N(0, 1) init is ~20x the scale of BERT word embeddings and stalls training.
     pcfg = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=cfg.num_virtual_tokens,
@@ -112,6 +114,39 @@ def prompt(model: nn.Module, cfg: MethodConfig) -> nn.Module:
     if not cfg.train_head:
         _freeze_saved_heads(peft_model)
     return peft_model
+
+
+class VisualPrompt(nn.Module):
+    """Visual prompt tuning (VPT-shallow): learned tokens inserted after the class
+    token of a ViT/CLIP embedding output; peft's prompt tuning needs token ids."""
+
+    def __init__(self, n: int, hidden: int) -> None:
+        super().__init__()
+        self.tokens = nn.Parameter(torch.randn(n, hidden) * 0.02)
+
+    def insert(self, module: nn.Module, inputs, out: torch.Tensor) -> torch.Tensor:
+        prompts = self.tokens.to(out.dtype).expand(out.shape[0], -1, -1)
+        return torch.cat([out[:, :1], prompts, out[:, 1:]], dim=1)
+
+
+def _patch_embeddings(model: nn.Module) -> nn.Module | None:
+    """The embedding block of a ViT (model.vit) or CLIP vision model, else None."""
+    for body in ("vit", "vision_model"):
+        if hasattr(model, body):
+            return getattr(model, body).embeddings
+    return None
+
+
+def visual_prompt(model: nn.Module, cfg: MethodConfig) -> nn.Module:
+    freeze(model)
+    embeddings = _patch_embeddings(model)
+    hidden = model.config.vision_config.hidden_size if hasattr(model.config, "vision_config") \
+        else model.config.hidden_size
+    model.visual_prompt = VisualPrompt(cfg.num_virtual_tokens, hidden)
+    embeddings.register_forward_hook(model.visual_prompt.insert)
+    if cfg.train_head:
+        train_head(model)
+    return model
 
 
 class Bottleneck(nn.Module):
@@ -137,10 +172,12 @@ def _adapter_sites(model: nn.Module) -> list[tuple[nn.Module, str]]:
     for name, module in model.named_modules():
         if name.endswith(("attention.output", ".output")) and isinstance(getattr(module, "dense", None), nn.Linear):
             sites.append((module, "dense"))  # BERT / ViT
-        elif name.endswith(".self_attn") and isinstance(getattr(module, "out_proj", None), nn.Linear):
+        elif name.endswith((".self_attn", ".attention")) and isinstance(getattr(module, "out_proj", None), nn.Linear):
             sites.append((module, "out_proj"))  # CLIP attention
+        elif name.endswith(".attention") and isinstance(getattr(module, "o_proj", None), nn.Linear):
+            sites.append((module, "o_proj"))  # ViT attention (transformers 5)
         elif name.endswith(".mlp") and isinstance(getattr(module, "fc2", None), nn.Linear):
-            sites.append((module, "fc2"))  # CLIP FFN
+            sites.append((module, "fc2"))  # ViT / CLIP FFN
     return sites
 
 
