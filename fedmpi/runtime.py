@@ -138,6 +138,11 @@ def _init_env(cfg: RuntimeConfig, launcher: str) -> Runtime:
     env = os.environ
     if launcher == "slurm":
         rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        if world > 1 and "SLURM_STEP_ID" not in env:
+            # The batch script itself carries SLURM_NTASKS but is one process:
+            # it would wait forever for peers that srun never started.
+            raise ConfigError("inside an sbatch script, start the ranks with "
+                              "'srun python -m fedmpi run ...' (see slurm/run.sbatch)")
         local_rank = int(env.get("SLURM_LOCALID", 0))
         per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or str(world)
         local_world = int(re.match(r"\d+", per_node).group(0))
