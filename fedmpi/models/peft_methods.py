@@ -3,7 +3,8 @@
 Each method freezes the backbone and leaves exactly the parameters that
 travel with requires_grad, so FedAvg's broadcast/upload carries only them.
 LoRA, FeDeRA and prompt tuning are peft's; the bottleneck adapter is a small
-module (peft has none, and AdapterHub does not track transformers 5).
+module (peft has none; AdapterHub's `adapters` pins its own transformers
+range, an extra dependency not worth ~30 lines).
 """
 from __future__ import annotations
 
