@@ -1,0 +1,210 @@
+"""Bench code that runs on every rank under mpiexec:
+
+  python -m bench.worker fedmpi  OUT.json MODE CONFIG [KEY=VALUE ...]   MODE: instrumented | bypassed
+  python -m bench.worker aggregate OUT.json NUMEL REPS PER_RANK
+  python -m bench.worker link OUT.json LATENCY_MS REPS MB@MBPS [MB@MBPS ...]
+
+Rank 0 writes OUT.json. The "bypassed" mode builds the same experiment but
+swaps in a Link that only calls torch.distributed (no charges, no ledger
+rows) and a disabled FlopMeter: what the same rounds cost without fedmpi's
+instrumentation, with no switch in the core.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+
+from fedmpi.metering.ledger import Ledger, RoundTotals
+from fedmpi.net.link import Link
+
+
+class RawLink(Link):
+    """The Link's data movement alone: the same collectives, nothing recorded."""
+
+    def charge(self, client: int, direction: str, kind: str, nbytes: int) -> float:
+        return 0.0
+
+    def broadcast(self, tensor, *, kind, clients):
+        dist.broadcast(tensor, src=0)
+        return tensor
+
+    def reduce(self, tensor, *, kind, bytes_per_client, clients):
+        dist.reduce(tensor, dst=0, op=dist.ReduceOp.SUM)
+        return tensor
+
+
+class NullLedger(Ledger):
+    """A ledger that keeps nothing (instrumentation bypassed)."""
+
+    def add(self, round, client, direction, kind, *, bytes=0, flops=0, seconds=0.0):
+        return None
+
+    def add_transport(self, nbytes: int) -> None:
+        pass
+
+    def close_round(self, round: int, excluded=None) -> RoundTotals:
+        return RoundTotals(round=round)
+
+
+def _write(rt, out: str, obj) -> None:
+    if rt.rank == 0:
+        Path(out).write_text(json.dumps(obj, indent=1))
+
+
+def run_fedmpi(out: str, mode: str, config: str, overrides: list[str]) -> None:
+    from fedmpi.config import load_config
+    from fedmpi.experiment import Experiment, prepare
+    from fedmpi.metering.flops import FlopMeter
+    from fedmpi.runtime import init_runtime, shutdown
+
+    t0 = time.perf_counter()
+    cfg = load_config(config, overrides)
+    prep = prepare(cfg)
+    rt = init_runtime(cfg.runtime)
+    exp = Experiment(cfg, rt, prep)
+    if mode == "bypassed":
+        exp.meter = FlopMeter(enabled=False)
+        exp.link = RawLink(rt, exp.profiles, exp.link.clock, None)
+        opened = exp._open_outputs
+
+        def open_null(ck):
+            opened(ck)
+            exp.ledger.close()
+            exp.ledger = NullLedger(None)
+            exp.link.ledger = None
+
+        exp._open_outputs = open_null
+    elif mode != "instrumented":
+        raise SystemExit(f"unknown mode {mode}")
+    t_loop = time.perf_counter()
+    summary = exp.run()
+    t_end = time.perf_counter()
+    counted = torch.tensor([exp.meter.counted_calls], dtype=torch.int64)
+    dist.all_reduce(counted)  # FLOP counts taken on all ranks (each a slower, metered step)
+    if rt.is_server:
+        metrics = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines() if x]
+        _write(rt, out, {"mode": mode, "setup_s": t_loop - t0, "run_s": t_end - t_loop,
+                         "rounds_s": sum(m["wall_seconds"] for m in metrics),
+                         "final_loss": summary["final_loss"], "final_accuracy": summary["final_accuracy"],
+                         "counted_calls": int(counted)})
+    shutdown()
+
+
+def run_aggregate(out: str, numel: int, reps: int, per_rank: int) -> None:
+    """fedmpi's Aggregator (float64 and float32) vs raw collectives of the
+    same flat fp32 buffer, interleaved, on the same ranks."""
+    from fedmpi.algorithms.aggregate import Aggregator, ClientResult
+    from fedmpi.config import ExperimentConfig, RuntimeConfig
+    from fedmpi.net.clock import VirtualClock
+    from fedmpi.net.profiles import PRESETS
+    from fedmpi.runtime import init_runtime, shutdown
+
+    rt = init_runtime(RuntimeConfig(backend="gloo"))
+    sampled = list(range(per_rank * rt.num_client_ranks))
+    n = len(sampled)
+    ledger = Ledger(None) if rt.is_server else None
+    link = Link(rt, [PRESETS["datacenter"]] * n, VirtualClock(), ledger)
+    g = torch.Generator().manual_seed(rt.rank)
+    states = {c: torch.randn(numel, generator=g) for c in rt.clients_here(sampled)}
+    raw = torch.randn(numel, generator=g)
+
+    def exp_for(dtype: str):
+        cfg = ExperimentConfig()
+        cfg.federation.aggregation_dtype = dtype
+        cfg.federation.clients_per_round = n
+        return SimpleNamespace(cfg=cfg, rt=rt, link=link, ledger=ledger, speeds=[1e10] * n, server_speed=1e12)
+
+    exps = {"fedmpi float64": exp_for("float64"), "fedmpi float32": exp_for("float32")}
+
+    def fedmpi(name: str) -> None:
+        agg = Aggregator(exps[name], sampled, numel, numel * 4, kind="update")
+        for c, s in states.items():
+            agg.add(ClientResult(c, s, num_samples=10 + c, loss_sum=1.0, flops=1000))
+        agg.finish()
+        if ledger is not None:
+            ledger.close_round(0)
+
+    variants = {
+        "raw all_reduce fp32": lambda: dist.all_reduce(raw),
+        "raw reduce fp32": lambda: dist.reduce(raw, dst=0),
+        "fedmpi float64": lambda: fedmpi("fedmpi float64"),
+        "fedmpi float32": lambda: fedmpi("fedmpi float32"),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for rep in range(reps + 1):  # the first repetition warms up, not timed
+        for name, fn in variants.items():
+            dist.barrier()
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            # the slowest rank's time is the round's aggregation time
+            t = torch.tensor([dt], dtype=torch.float64)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            if rep:
+                times[name].append(float(t))
+    _write(rt, out, {"numel": numel, "world": rt.world_size, "clients": n, "times": times})
+    shutdown()
+
+
+def run_link(out: str, latency_ms: float, reps: int, pairs: list[str]) -> None:
+    """Client rank 1 -> server through to_server/from_client: realtime wall
+    vs latency + bytes*8/bandwidth, and the virtual clock's ledger seconds."""
+    from fedmpi.config import RuntimeConfig
+    from fedmpi.net.clock import RealtimeClock, VirtualClock
+    from fedmpi.net.profiles import LinkProfile, transfer_seconds
+    from fedmpi.runtime import init_runtime, shutdown
+
+    rt = init_runtime(RuntimeConfig(backend="gloo"))
+    rows = []
+    for pair in pairs:
+        mb, mbps = (float(x) for x in pair.split("@"))
+        nbytes = int(mb * 1e6)
+        prof = LinkProfile(up_mbps=mbps, down_mbps=mbps, latency_ms=latency_ms)
+        payload = torch.ones(nbytes, dtype=torch.uint8)
+        for clock_name, clock in (("realtime", RealtimeClock()), ("virtual", VirtualClock())):
+            ledger = Ledger(None) if rt.is_server else None
+            link = Link(rt, [prof], clock, ledger)
+            for _ in range(reps):
+                dist.barrier()
+                start = time.time()
+                if rt.is_server:
+                    got = link.from_client(client=0, kind="update")
+                    assert got.numel() == nbytes
+                else:
+                    link.to_server(payload, client=0, kind="update")
+                end = time.time()
+                stamps = [None] * rt.world_size if rt.is_server else None
+                dist.gather_object(start, stamps, dst=0)
+                if rt.is_server:
+                    measured = end - stamps[1]  # same host clock: client's send start to server's return
+                    row = ledger.pending[-1]
+                    rows.append({"clock": clock_name, "mb": mb, "mbps": mbps, "bytes": nbytes,
+                                 "expected_s": transfer_seconds(nbytes, mbps, latency_ms),
+                                 "formula_s": latency_ms / 1e3 + nbytes * 8 / (mbps * 1e6),
+                                 "ledger_s": row.seconds, "ledger_bytes": row.bytes, "measured_s": measured})
+                    ledger.close_round(0)
+    _write(rt, out, {"latency_ms": latency_ms, "rows": rows})
+    shutdown()
+
+
+def main(argv: list[str]) -> None:
+    task, out = argv[0], argv[1]
+    torch.set_num_threads(1)
+    if task == "fedmpi":
+        run_fedmpi(out, argv[2], argv[3], argv[4:])
+    elif task == "aggregate":
+        run_aggregate(out, int(argv[2]), int(argv[3]), int(argv[4]))
+    elif task == "link":
+        run_link(out, float(argv[2]), int(argv[3]), argv[4:])
+    else:
+        raise SystemExit(f"unknown task {task}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
