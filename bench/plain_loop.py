@@ -128,7 +128,8 @@ def main(argv: list[str]) -> None:
         print(bench(a.reps, a.rounds).markdown())
         return
     config, out, overrides = argv[0], argv[1], argv[2:]
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    # BENCH_PLAIN_THREADS=1 runs the kernels exactly as a 1-thread fedmpi rank does (bitwise checks)
+    torch.set_num_threads(int(os.environ.get("BENCH_PLAIN_THREADS", 0)) or len(os.sched_getaffinity(0)))
     t0 = time.perf_counter()
     res = plain_fedavg(config, overrides)
     res["seconds"] = time.perf_counter() - t0
