@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -74,7 +75,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             print_summary(summary, cfg.run_dir)
     except ConfigError as exc:
-        _error(str(exc))
+        # Bad input found after start-up (an algorithm's options): every rank
+        # usually finds it; the server reports it, others only if it cannot.
+        if not rt.is_server:
+            time.sleep(2.0)
+        print(f"fedmpi: error: {exc}", file=sys.stderr, flush=True)
         rt.abort(2)
     except BaseException:
         sys.stderr.write(f"fedmpi: rank {rt.rank} failed; ending the job\n{traceback.format_exc()}")
