@@ -37,7 +37,8 @@ def _exp(rt, **fed):
 def test_weighted_average_over_arrived_clients(rt, dtype):
     exp = _exp(rt, aggregation_dtype=dtype)
     agg = Aggregator(exp, [0, 1, 2, 3], numel=3, upload_bytes=12)
-    agg.add(ClientResult(0, torch.tensor([1.0, 1.0, 1.0]), num_samples=1, loss_sum=0.5, flops=100))
+    agg.add(ClientResult(0, torch.tensor([1.0, 1.0, 1.0]), num_samples=1, loss_sum=0.5, flops=123_456_789_012_345,
+                         seconds=0.1))
     agg.add(ClientResult(1, torch.tensor([5.0, 9.0, 1.0]), num_samples=3, loss_sum=0.3, flops=200))
     agg.add(ClientResult(2, None))  # dropped out: renormalise over the other two
     agg.add(ClientResult(3, torch.tensor([100.0, 100.0, 100.0]), num_samples=0))
@@ -47,7 +48,8 @@ def test_weighted_average_over_arrived_clients(rt, dtype):
     up = [r for r in exp.ledger.pending if r.direction == "up"]
     assert [(r.client, r.bytes) for r in up] == [(0, 12), (1, 12), (3, 12)]
     compute = {r.client: r.flops for r in exp.ledger.pending if r.kind == "compute"}
-    assert compute == {0: 100, 1: 200}
+    assert compute == {0: 123_456_789_012_345, 1: 200}  # exact even through a float32 buffer
+    assert stats[0]["seconds"] == 0.1 and stats[0]["loss_sum"] == 0.5
 
 
 def test_deadline_cuts_stragglers_and_over_selection_keeps_first(rt):

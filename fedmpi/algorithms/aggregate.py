@@ -57,6 +57,32 @@ def _round_buffer(exp, kind: str, size: int, dtype: torch.dtype, device: torch.d
     return buf.zero_()
 
 
+def stats_width(clients: int, dtype: torch.dtype) -> int:
+    """Slots the per-client stats take in an update buffer of `dtype`."""
+    return clients * NSTAT * (1 if dtype == torch.float64 else 3)
+
+
+def encode_stats(stats: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Float64 stats as `dtype` limbs that sum back exactly. A float32 buffer
+    carries each value as hi + mid + lo (3 x 24 mantissa bits >= 53), so FLOP
+    counts stay exact; only the owning rank writes a client's slot and the
+    others add zeros, so the reduction changes no bit."""
+    flat = stats.reshape(-1)
+    if dtype == torch.float64:
+        return flat
+    hi = flat.to(dtype)
+    rest = flat - hi.to(torch.float64)
+    mid = rest.to(dtype)
+    lo = (rest - mid.to(torch.float64)).to(dtype)
+    return torch.cat([hi, mid, lo])
+
+
+def decode_stats(block: torch.Tensor, clients: int) -> torch.Tensor:
+    if block.dtype != torch.float64:
+        block = block.to(torch.float64).reshape(3, -1).sum(0)
+    return block.reshape(clients, NSTAT)
+
+
 class Aggregator:
     def __init__(self, exp, sampled: list[int], numel: int, upload_bytes: int, kind: str = "update") -> None:
         self.exp = exp
@@ -72,11 +98,11 @@ class Aggregator:
         device = exp.rt.device
         self.stats = torch.zeros(len(sampled), NSTAT, dtype=torch.float64, device=device)
         self.held: dict[int, ClientResult] = {}
-        # Stats ride in the update buffer only when it is float64 (exact for
-        # FLOP counts); else, or to rank finish times, they go first on their own.
-        self.two_phase = self.keep is not None or self.dtype != torch.float64
-        # Room for the stats block at the tail, so finish() needs no torch.cat copy.
-        tail = 0 if self.two_phase else len(sampled) * NSTAT
+        # Stats ride at the tail of the update buffer (one collective a round);
+        # only over-selection, which must rank every finish time first, sends
+        # them on their own before the update.
+        self.two_phase = self.keep is not None
+        tail = 0 if self.two_phase else stats_width(len(sampled), self.dtype)
         self.acc = _round_buffer(exp, kind, numel + tail, self.dtype, device)
 
     def add(self, r: ClientResult) -> None:
@@ -115,11 +141,15 @@ class Aggregator:
             buffer = self.acc
         else:
             buffer = self.acc
-            buffer[self.numel:] = self.stats.reshape(-1)
-            link.reduce(buffer, kind=self.kind, bytes_per_client=self.upload_bytes,
-                        clients=lambda b: [c for c, i in self.slot.items()
-                                           if b[self.numel + i * NSTAT + 4] > 0])
-            stats = buffer[self.numel:].reshape(len(self.sampled), NSTAT).to(torch.float64)
+            buffer[self.numel:] = encode_stats(self.stats, self.dtype)
+            decoded: list[torch.Tensor] = []
+
+            def arrived(b: torch.Tensor) -> list[int]:
+                decoded.append(decode_stats(b[self.numel:], len(self.sampled)))
+                return [c for c, i in self.slot.items() if decoded[0][i, 4] > 0]
+
+            link.reduce(buffer, kind=self.kind, bytes_per_client=self.upload_bytes, clients=arrived)
+            stats = decoded[0] if decoded else None
         if not self.exp.rt.is_server:
             return None, {}
         per_client = {c: dict(zip(FIELDS, stats[i].tolist())) for c, i in self.slot.items()}
