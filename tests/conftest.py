@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,21 @@ def launch(tmp_path: Path, ranks: int, *overrides: str, config: Path | str = TIN
 
 def assert_ok(run: Run) -> None:
     assert run.proc.returncode == 0, f"fedmpi failed ({run.proc.returncode}):\n{run.proc.stdout[-3000:]}\n{run.proc.stderr[-6000:]}"
+
+
+@pytest.fixture(scope="session")
+def single_rank():
+    """A one-rank gloo process group: enough for the server side of the Link
+    and the Aggregator, in-process."""
+    import torch
+    import torch.distributed as dist
+
+    from fedmpi.runtime import Runtime
+
+    store = dist.FileStore(str(Path(tempfile.mkdtemp()) / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    yield Runtime(0, 1, 0, 1, "test", "gloo", torch.device("cpu"))
+    dist.destroy_process_group()
 
 
 @pytest.fixture

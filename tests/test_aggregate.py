@@ -5,7 +5,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from fedmpi.algorithms.aggregate import Aggregator, ClientResult, drops_out, sample_clients
 from fedmpi.config import ExperimentConfig
@@ -13,15 +12,11 @@ from fedmpi.metering.ledger import Ledger
 from fedmpi.net.clock import VirtualClock
 from fedmpi.net.link import Link
 from fedmpi.net.profiles import LinkProfile
-from fedmpi.runtime import Runtime
 
 
-@pytest.fixture(scope="module")
-def rt(tmp_path_factory):
-    store = dist.FileStore(str(tmp_path_factory.mktemp("store") / "fs"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    yield Runtime(0, 1, 0, 1, "test", "gloo", torch.device("cpu"))
-    dist.destroy_process_group()
+@pytest.fixture
+def rt(single_rank):
+    return single_rank
 
 
 def _exp(rt, **fed):

@@ -1,27 +1,14 @@
 """The Link's accounting: bytes are the payload's size, time is the formula."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-import torch.distributed as dist
 
 from fedmpi.metering.ledger import Ledger
 from fedmpi.net.clock import RealtimeClock, VirtualClock
 from fedmpi.net.link import Link
 from fedmpi.net.profiles import LinkProfile, PRESETS, client_profiles, transfer_seconds
 from fedmpi.config import NetworkConfig
-from fedmpi.runtime import Runtime
-
-
-@pytest.fixture(scope="module")
-def single_rank_group(tmp_path_factory):
-    """A one-rank gloo group: enough to exercise the Link's server side."""
-    store = dist.FileStore(str(tmp_path_factory.mktemp("store") / "fs"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    yield Runtime(0, 1, 0, 1, "test", "gloo", torch.device("cpu"))
-    dist.destroy_process_group()
 
 
 def test_transfer_formula():
@@ -51,8 +38,8 @@ def test_trace_profiles(tmp_path):
     assert profs[2] == profs[0] and profs[3] == profs[1]  # the trace cycles
 
 
-def test_broadcast_charges_each_client_exact_bytes(single_rank_group, tmp_path):
-    rt = single_rank_group
+def test_broadcast_charges_each_client_exact_bytes(single_rank, tmp_path):
+    rt = single_rank
     profiles = [LinkProfile(10.0, 100.0, 20.0), LinkProfile(1.0, 5.0, 50.0), PRESETS["mobile"]]
     ledger = Ledger(tmp_path / "ledger.jsonl")
     link = Link(rt, profiles, VirtualClock(), ledger)
