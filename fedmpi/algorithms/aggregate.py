@@ -131,6 +131,9 @@ class Aggregator:
             acc.copy_(r.state).mul_(r.num_samples)
         self.empty = False
 
+    def _arrived(self, stats: torch.Tensor) -> list[int]:
+        return [c for c, i in self.slot.items() if stats[i, 4] > 0]
+
     def _kept(self, stats: torch.Tensor) -> list[int]:
         """Arrived clients; with over-selection only the first `keep` to finish."""
         arrived = sorted((float(stats[i, 3]), c) for c, i in self.slot.items() if stats[i, 4] > 0)
@@ -158,14 +161,10 @@ class Aggregator:
             if self.empty:
                 buffer[: self.numel].zero_()
             buffer[self.numel:] = encode_stats(self.stats, self.dtype)
-            decoded: list[torch.Tensor] = []
-
-            def arrived(b: torch.Tensor) -> list[int]:
-                decoded.append(decode_stats(b[self.numel:], len(self.sampled)))
-                return [c for c, i in self.slot.items() if decoded[0][i, 4] > 0]
-
-            link.reduce(buffer, kind=self.kind, bytes_per_client=self.upload_bytes, clients=arrived)
-            stats = decoded[0] if decoded else None
+            stats_of = lambda b: decode_stats(b[self.numel:], len(self.sampled))  # noqa: E731
+            link.reduce(buffer, kind=self.kind, bytes_per_client=self.upload_bytes,
+                        clients=lambda b: self._arrived(stats_of(b)))
+            stats = stats_of(buffer)
         if not self.exp.rt.is_server:
             return None, {}
         per_client = {c: dict(zip(FIELDS, stats[i].tolist())) for c, i in self.slot.items()}
