@@ -80,6 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not rt.is_server:
             time.sleep(2.0)
         print(f"fedmpi: error: {exc}", file=sys.stderr, flush=True)
+        time.sleep(0.5)  # let the launcher forward the line before MPI_Abort tears the job down
         rt.abort(2)
     except BaseException:
         sys.stderr.write(f"fedmpi: rank {rt.rank} failed; ending the job\n{traceback.format_exc()}")
@@ -123,9 +124,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.ranks < 2:
         raise ConfigError(f"fedmpi needs at least 2 ranks (1 server + clients), got -n {args.ranks}")
+    from fedmpi.algorithms import get_algorithm
     from fedmpi.data.partition import partition
     from fedmpi.data.sources import load_task
 
+    get_algorithm(cfg.algorithm).check(cfg)  # options errors here, printed once, before mpiexec
     task = load_task(cfg.data, cfg.seed)  # data errors now, not once per rank
     partition(task.train.labels, cfg.federation.num_clients, cfg.data.partition, alpha=cfg.data.alpha,
               shards_per_client=cfg.data.shards_per_client, seed=cfg.seed)

@@ -56,7 +56,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     from fedmpi.models.backbone import build_model, load_tokenizer
     from fedmpi.models.methods import apply_method
 
-    get_algorithm(cfg.algorithm)  # unknown/unimplemented algorithm: fail now
+    get_algorithm(cfg.algorithm).check(cfg)  # unknown algorithm or bad options: fail now
     task = load_task(cfg.data, cfg.seed)
     parts = partition(task.train.labels, cfg.federation.num_clients, cfg.data.partition,
                       alpha=cfg.data.alpha, shards_per_client=cfg.data.shards_per_client, seed=cfg.seed)

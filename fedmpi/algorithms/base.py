@@ -12,6 +12,7 @@ import torch
 from fedmpi.algorithms.local import evaluate
 
 if TYPE_CHECKING:
+    from fedmpi.config import ExperimentConfig
     from fedmpi.experiment import Experiment
 
 
@@ -20,6 +21,14 @@ class Algorithm:
 
     def __init__(self, exp: "Experiment") -> None:
         self.exp = exp
+
+    @classmethod
+    def check(cls, cfg: "ExperimentConfig") -> None:
+        """Refuse bad options with a ConfigError, from the config alone.
+
+        Called by the launcher and by every rank before the process group
+        exists: an error raised once ranks are connected has to abort MPI,
+        which can swallow the message."""
 
     def setup(self) -> None:
         """One-off work before round 0 (collective: called on every rank)."""

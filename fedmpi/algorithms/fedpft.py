@@ -117,19 +117,23 @@ class FedPFT(FedAvg):
 
     def __init__(self, exp) -> None:
         super().__init__(exp)
-        self.opts = parse_options(exp.cfg.options)
-        if exp.cfg.method.name not in ("full", "lora"):
+        self.opts = self.check(exp.cfg)
+        self.info: dict[str, object] = {}
+
+    @classmethod
+    def check(cls, cfg) -> FedPFTOptions:
+        opts = parse_options(cfg.options)
+        if cfg.method.name not in ("full", "lora"):
             raise ConfigError(f"algorithm fedpft trains its own LoRA (options.lora_targets, method.r, "
                               f"method.lora_alpha); set method.name to lora (or leave full), "
-                              f"not '{exp.cfg.method.name}'")
-        if self.opts.distills or self.opts.aligns:
-            p = Path(self.opts.public_data)
-            if self.opts.public_data != "embedded" and not p.is_dir() and not (
-                    Path(exp.cfg.data.path or "../shared/data") / self.opts.public_data).is_dir():
-                raise ConfigError(f"options.public_data '{self.opts.public_data}' not found (neither a folder "
-                                  f"nor a dataset under {exp.cfg.data.path or '../shared/data'}); use e.g. "
-                                  "ag_news, cola or embedded")
-        self.info: dict[str, object] = {}
+                              f"not '{cfg.method.name}'")
+        if opts.distills or opts.aligns:
+            root = Path(cfg.data.path or "../shared/data")
+            if opts.public_data != "embedded" and not Path(opts.public_data).is_dir() and not (
+                    root / opts.public_data).is_dir():
+                raise ConfigError(f"options.public_data '{opts.public_data}' not found (neither a folder "
+                                  f"nor a dataset under {root}); use e.g. ag_news, cola or embedded")
+        return opts
 
     # -- setup: sub-model, distillation, one download, LoRA ------------------
     def setup(self) -> None:

@@ -93,8 +93,8 @@ class SFPrompt(SplitFed):
     name = "sfprompt"
     Options = SFPromptOptions
 
-    def check_options(self) -> None:
-        o = self.opts
+    @staticmethod
+    def check_options(o) -> None:
         if o.prompt_tokens < 1:
             raise ConfigError(f"options.prompt_tokens must be >= 1 for sfprompt (it tunes a soft prompt), "
                               f"got {o.prompt_tokens}")

@@ -23,7 +23,7 @@ import torch
 from fedmpi.algorithms.aggregate import ClientResult, drops_out
 from fedmpi.algorithms.fedavg import FedAvg
 from fedmpi.algorithms.local import Batch, make_optimizer, to_device
-from fedmpi.algorithms.split_options import SplitFedOptions, read_options
+from fedmpi.algorithms.split_options import SplitFedOptions, SplitOptions, read_options
 from fedmpi.config import ConfigError
 from fedmpi.metering.flops import shape_key
 from fedmpi.metering.ledger import DOWN, SERVER, UP
@@ -50,19 +50,25 @@ class SplitFed(FedAvg):
     def __init__(self, exp) -> None:
         super().__init__(exp)
         cfg = exp.cfg
-        self.opts = read_options(self.Options, cfg.options, self.name)
-        self.check_options()
-        if cfg.method.name != "full":
-            raise ConfigError(f"algorithm '{self.name}' splits the backbone itself and picks what trains; "
-                              f"leave method.name at 'full' (got '{cfg.method.name}')")
+        self.opts = self.check(cfg)
         points = SplitPoints(self.opts.split_head_layers, self.opts.split_tail_layers, self.opts.prompt_tokens)
         check_points(exp.model, points, cfg.model.name)
         self.split = SplitModel(exp.model, points, seed=cfg.seed).to(exp.rt.device)
         self.choose_trainable()
 
-    def check_options(self) -> None:
-        if self.opts.splitfed_version not in ("v1", "v2"):
-            raise ConfigError(f"options.splitfed_version must be 'v1' or 'v2', got '{self.opts.splitfed_version}'")
+    @classmethod
+    def check(cls, cfg) -> SplitOptions:
+        opts = read_options(cls.Options, cfg.options, cls.name)
+        cls.check_options(opts)
+        if cfg.method.name != "full":
+            raise ConfigError(f"algorithm '{cls.name}' splits the backbone itself and picks what trains; "
+                              f"leave method.name at 'full' (got '{cfg.method.name}')")
+        return opts
+
+    @staticmethod
+    def check_options(opts) -> None:
+        if opts.splitfed_version not in ("v1", "v2"):
+            raise ConfigError(f"options.splitfed_version must be 'v1' or 'v2', got '{opts.splitfed_version}'")
 
     def choose_trainable(self) -> None:
         """SplitFed fine-tunes everything: client parts on clients, body on the server."""
