@@ -83,6 +83,10 @@ class Experiment:
         # Extra metrics computed on the global model at each evaluation (e.g. attack success rate).
         self.evaluators: list[Callable[[nn.Module], dict[str, float]]] = []
         self.writer: RunWriter | None = None
+        self.fresh_start = True  # False once run() found a checkpoint to resume from
+        # Work buffers reused round after round, by purpose (the Aggregator's sums):
+        # a fresh 182 MB buffer per round costs page faults on every touch.
+        self.buffers: dict[str, torch.Tensor] = {}
         self.ledger: Ledger | None = None
         self.link = Link(rt, self.profiles, make_clock(cfg.network.clock), None)
         self.algorithm = get_algorithm(cfg.algorithm)(self)
@@ -105,9 +109,12 @@ class Experiment:
         ck = load_checkpoint(cfg) if (rt.is_server and self.resume) else None
         if rt.is_server:
             self._open_outputs(ck)
-        sync_init(self, charge=ck is None)  # frozen state a method derived (FeDeRA residual), kind init
-        self.algorithm.setup()
         start = link.share(0 if ck is None else ck["round"] + 1)
+        # One-off set-up traffic and work (kind init, distillation) is charged on a fresh
+        # start only: a resumed run's ledger must equal the uninterrupted one's.
+        self.fresh_start = start == 0
+        sync_init(self, charge=self.fresh_start)  # frozen state a method derived (FeDeRA residual)
+        self.algorithm.setup()
         if ck is not None:
             self.algorithm.load_state_dict(ck["state"])
         progress = self._progress(start)

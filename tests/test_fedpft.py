@@ -210,10 +210,16 @@ RUN = [f"model.num_layers={L}", "algorithm=fedpft", "federation.rounds=4", "trai
        "options.align_steps=5", "options.align_neurons=3"]
 
 
-def test_fedpft_trains_under_mpi_and_charges_stats(tmp_path):
-    run = launch(tmp_path, 3, *RUN, timeout=600)
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """One uninterrupted FedPFT run, shared by the training and resume tests."""
+    run = launch(tmp_path_factory.mktemp("fedpft"), 3, *RUN, "output.checkpoint=true", timeout=600)
     assert_ok(run)
-    s, rows, metrics = run.summary, run.ledger, run.metrics
+    return run
+
+
+def test_fedpft_trains_under_mpi_and_charges_stats(whole):
+    s, rows, metrics = whole.summary, whole.ledger, whole.metrics
     k = I // 4
     # one sub-model download per client, of exactly the sub-model's weights
     init = [r for r in rows if r["kind"] == "init"]
@@ -255,3 +261,18 @@ def test_bad_option_ends_the_job_with_a_clear_message(tmp_path):
     run = launch(tmp_path, 3, *RUN, "options.public_data=nowhere", timeout=300)
     assert run.proc.returncode != 0
     assert "options.public_data 'nowhere' not found" in run.proc.stdout + run.proc.stderr
+
+
+def test_resume_after_a_kill_matches_the_uninterrupted_run(whole, tmp_path):
+    """Set-up (sub-model download, distillation) is charged once; the aligned
+    FFNs of the checkpoint reach the clients again without a charge."""
+    sets = (*RUN, "output.checkpoint=true")
+    killed = launch(tmp_path, 3, *sets, name="cut", env={"FEDMPI_KILL_AT_ROUND": "3"}, timeout=600)
+    assert killed.proc.returncode != 0 and [m["round"] for m in killed.metrics] == [0, 1, 2]
+    resumed = launch(tmp_path, 3, *sets, name="cut", extra=("--resume",), timeout=600)
+    assert_ok(resumed)
+    assert resumed.ledger == whole.ledger
+    # the cluster's own transport differs: the resumed job re-sends the aligned FFNs, uncharged
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_seconds", "transport_bytes")}
+                          for r in rows]
+    assert strip(resumed.metrics) == strip(whole.metrics)

@@ -74,8 +74,11 @@ def public_split(opts: FedPFTOptions, data: DataConfig, seed: int) -> TextSplit:
     return TextSplit(train.texts, np.zeros(len(train), dtype=np.int64), train.texts_b)
 
 
-def cycle_batches(enc: Encoded, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-    rng = np.random.default_rng([seed, 0xC7C1])
+def cycle_batches(enc: Encoded, batch_size: int, seed: int, stream: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless shuffled batches; `stream` picks an independent order (0: set-up
+    distillation, r + 1: alignment at round r), so no iterator state has to be
+    checkpointed for a resumed run to see the same batches."""
+    rng = np.random.default_rng([seed, 0xC7C1, stream])
     while True:
         order = rng.permutation(len(enc))
         for s in range(0, len(order) - batch_size + 1, batch_size):
@@ -155,6 +158,7 @@ class FedPFT(FedAvg):
         self.public = None
         if exp.rt.is_server and (o.distills or o.aligns):
             enc = Encoded(public_split(o, cfg.data, cfg.seed), exp.data.tokenizer, cfg.model.max_length)
+            self.public_enc = enc
             self.public = cycle_batches(enc, o.distill_batch_size, cfg.seed)
             self.public_heldout = [next(self.public) for _ in range(2)]
             self.info["public_samples"] = len(enc)
@@ -163,13 +167,14 @@ class FedPFT(FedAvg):
             st = distill(full, sub, self.plan, self.public, o.distill_steps, o.distill_alpha, o.distill_lr,
                          exp.meter, exp.rt.device)
             after = evaluate_layers(full, sub, self.plan, self.public_heldout)
-            self._server_work("distill", st)
+            self._server_work("distill", st, charge=exp.fresh_start)  # redone on resume, not re-charged
             self.info.update(distill_layer_loss_before=before, distill_layer_loss_after=after)
         # The sub-model (frozen weights, all of it: a client has nothing else) goes down once.
         base = list(sub.parameters())
         flat = flatten(base) if exp.rt.is_server else torch.empty(sum(p.numel() for p in base),
                                                                   dtype=base[0].dtype, device=exp.rt.device)
-        exp.link.broadcast(flat, kind=INIT_KIND, clients=list(range(cfg.federation.num_clients)))
+        everyone = list(range(cfg.federation.num_clients))
+        exp.link.broadcast(flat, kind=INIT_KIND, clients=everyone if exp.fresh_start else [])
         unflatten_into(flat, base)
         del flat
         self.info["init_bytes_per_client"] = sum(p.numel() * p.element_size() for p in base)
@@ -195,9 +200,10 @@ class FedPFT(FedAvg):
             self.info["client_memory"] = training_memory_bytes(self.sub, batch)
             self.info["full_model_client_memory"] = training_memory_bytes(self.full, batch)
 
-    def _server_work(self, kind: str, st: DistillStats) -> None:
+    def _server_work(self, kind: str, st: DistillStats, charge: bool = True) -> None:
         exp = self.exp
-        exp.ledger.add(exp.link.round, -1, SERVER, kind, flops=st.flops, seconds=st.flops / exp.server_speed)
+        if charge:
+            exp.ledger.add(exp.link.round, -1, SERVER, kind, flops=st.flops, seconds=st.flops / exp.server_speed)
         self.info.setdefault(f"{kind}_steps", 0)
         self.info[f"{kind}_steps"] += st.steps
 
@@ -251,7 +257,8 @@ class FedPFT(FedAvg):
             if share is not None:
                 share /= weight
                 chosen = least_active(share, self.plan, counts)
-                st = distill(self.full, self.sub, self.plan, self.public, o.align_steps, o.distill_alpha,
+                batches = cycle_batches(self.public_enc, o.distill_batch_size, exp.cfg.seed, stream=rnd + 1)
+                st = distill(self.full, self.sub, self.plan, batches, o.align_steps, o.distill_alpha,
                              o.distill_lr, exp.meter, exp.rt.device, masks=neuron_masks(self.plan, chosen))
                 self._server_work("align", st)
                 self.info.setdefault("align_rounds", []).append(rnd)
@@ -328,7 +335,8 @@ class FedPFT(FedAvg):
             return
         flat = flatten(ffns) if self.exp.rt.is_server else torch.empty(
             sum(t.numel() for t in ffns), dtype=ffns[0].dtype, device=self.exp.rt.device)
-        self.exp.link.broadcast(flat, kind=SUBMODEL_KIND, clients=list(range(self.exp.cfg.federation.num_clients)))
+        # Uncharged: the emulated deployment never lost these; only the emulator restarted.
+        self.exp.link.broadcast(flat, kind=SUBMODEL_KIND, clients=[])
         unflatten_into(flat, ffns)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
