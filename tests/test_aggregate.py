@@ -25,7 +25,7 @@ def _exp(rt, **fed):
         setattr(cfg.federation, k, v)
     ledger = Ledger()
     link = Link(rt, [LinkProfile(10, 10, 0)] * 4, VirtualClock(), ledger)
-    return SimpleNamespace(cfg=cfg, rt=rt, link=link, ledger=ledger, speeds=[1e9] * 4, server_speed=1e12)
+    return SimpleNamespace(cfg=cfg, rt=rt, link=link, ledger=ledger, speeds=[1e9] * 4, server_speed=1e12, buffers={})
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

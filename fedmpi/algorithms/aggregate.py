@@ -45,12 +45,11 @@ def drops_out(seed: int, rnd: int, client: int, p: float) -> bool:
     return p > 0 and np.random.default_rng([seed, rnd, client, 0xD0]).random() < p
 
 
-def _round_buffer(exp, kind: str, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An accumulation buffer (not zeroed), reused round after round: a fresh 182 MB
-    float64 buffer per round (full MiniLM) costs page faults on every touch.
-    So the average `finish()` returns is valid until the next round's
-    Aggregator of the same kind (FedAvg copies it into the model at once)."""
-    buffers = exp.__dict__.setdefault("_aggregation_buffers", {})
+def _round_buffer(buffers: dict[str, torch.Tensor], kind: str, size: int, dtype: torch.dtype,
+                  device: torch.device) -> torch.Tensor:
+    """An accumulation buffer (not zeroed) from the experiment's reused work buffers:
+    the average `finish()` returns is valid until the next round's Aggregator of
+    the same kind (FedAvg copies it into the model at once)."""
     buf = buffers.get(kind)
     if buf is None or buf.numel() != size or buf.dtype != dtype or buf.device != device:
         buffers[kind] = buf = torch.empty(size, dtype=dtype, device=device)
@@ -103,7 +102,7 @@ class Aggregator:
         # them on their own before the update.
         self.two_phase = self.keep is not None
         tail = 0 if self.two_phase else stats_width(len(sampled), self.dtype)
-        self.acc = _round_buffer(exp, kind, numel + tail, self.dtype, device)
+        self.acc = _round_buffer(exp.buffers, kind, numel + tail, self.dtype, device)
         self.empty = True  # nothing summed yet: the first add writes instead of adding
 
     def add(self, r: ClientResult) -> None:
