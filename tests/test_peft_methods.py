@@ -10,7 +10,7 @@ import torch
 from fedmpi.config import ConfigError, MethodConfig, ModelConfig
 from fedmpi.models.backbone import build_model, load_tokenizer
 from fedmpi.models.methods import apply_method, trainable
-from fedmpi.models.sync import SYNC_ATTR, model_digest
+from fedmpi.models.sync import FLOPS_ATTR, SYNC_ATTR, model_digest
 
 TINY = ModelConfig(name="tiny-bert")  # hidden 32, 2 layers, FFN 64
 H, LAYERS, LABELS = 32, 2, 2
@@ -74,6 +74,10 @@ def test_federa_output_at_init_equals_base(batch):
 def test_federa_randomised_svd_option():
     m = apply_method(tiny(), MethodConfig(name="federa", r=4, pissa_niter=2))
     assert numel(m) == LAYERS * 2 * 4 * (H + H) + HEAD
+    # the server's one-off SVD FLOPs: rank-4 randomised is far cheaper than exact 26·H³ per weight
+    exact = apply_method(tiny(), MethodConfig(name="federa", r=4))
+    assert getattr(exact, FLOPS_ATTR) == LAYERS * 2 * 26 * H ** 3
+    assert 0 < getattr(m, FLOPS_ATTR) < getattr(exact, FLOPS_ATTR) / 5
     with pytest.raises(ConfigError, match="pissa_niter"):
         apply_method(tiny(), MethodConfig(name="federa", pissa_niter=0))
 

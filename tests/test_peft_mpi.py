@@ -66,8 +66,11 @@ def test_method_trains_and_ledger_holds_only_trainable_state(tmp_path, method):
     assert len(init["digests"]) == 3 and init["identical"]
     if method == "federa":
         # the residual is computed once on the server and shipped once to every client (kind init)
-        rows = [r for r in ledger if r["kind"] == "init"]
+        rows = [r for r in ledger if r["kind"] == "init" and r["direction"] != "server"]
         assert sorted(r["client"] for r in rows) == list(range(CLIENTS))
+        # ... from one exact SVD per target weight (query, value: 384x384 in 6 layers) on the server
+        svd = [r for r in ledger if r["kind"] == "init" and r["direction"] == "server"]
+        assert len(svd) == 1 and svd[0]["flops"] == 12 * (6 * 384 ** 3 + 20 * 384 ** 3)
         assert all(r["round"] == 0 and r["direction"] == "down" for r in rows)
         assert all(r["bytes"] == FEDERA_RESIDUAL_BYTES == init["init_bytes_per_client"] for r in rows)
         assert s["total_bytes_down"] == ROUNDS * PER_ROUND * n * 4 + CLIENTS * FEDERA_RESIDUAL_BYTES

@@ -80,3 +80,20 @@ class FlopMeter:
             yield
         finally:
             self.enabled = prev
+
+
+def svd_flops(m: int, n: int, rank: int | None = None, niter: int | None = None) -> int:
+    """FLOPs of an SVD, which torch's flop counter does not see (linalg ops).
+
+    Exact thin SVD (rank None): Golub & Van Loan's R-SVD count for U1, S, V,
+    6·q·p² + 20·p³ with p = min(m, n), q = max(m, n). Randomised
+    (torch.svd_lowrank, rank k, niter power iterations, Halko et al.): the
+    2·niter + 2 products of A with an n×k or m×k block, a QR of each result,
+    then the SVD of the small k×n projection."""
+    p, q = min(m, n), max(m, n)
+    if niter is None:
+        return 6 * q * p * p + 20 * p ** 3
+    k = min(rank or p, p)
+    products = (2 * niter + 2) * 2 * m * n * k
+    qrs = (2 * niter + 1) * 4 * q * k * k
+    return products + qrs + 6 * n * k * k + 20 * k ** 3 + 2 * m * k * k

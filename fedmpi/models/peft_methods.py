@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fedmpi.config import ConfigError, MethodConfig
+from fedmpi.metering.flops import svd_flops
 from fedmpi.models.methods import register
 from fedmpi.models.sync import mark_synced
 
@@ -93,8 +94,11 @@ def federa(model: nn.Module, cfg: MethodConfig) -> nn.Module:
         raise ConfigError(f"method.pissa_niter must be > 0, got {cfg.pissa_niter}")
     init = "pissa" if cfg.pissa_niter is None else f"pissa_niter_{cfg.pissa_niter}"
     peft_model = _lora(model, cfg, init)
-    residual = [n for n, _ in peft_model.named_parameters() if n.endswith("base_layer.weight")]
-    return mark_synced(peft_model, residual)
+    params = dict(peft_model.named_parameters())
+    residual = [n for n in params if n.endswith("base_layer.weight")]
+    # one SVD per target weight; peft's randomised variant keeps rank r
+    flops = sum(svd_flops(*params[n].shape, rank=cfg.r, niter=cfg.pissa_niter) for n in residual)
+    return mark_synced(peft_model, residual, flops)
 
 
 @register("prompt")
