@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+_SPIN_S = 0.002  # the final stretch of a realtime hold is busy-waited
+
 
 class VirtualClock:
     realtime = False
@@ -19,9 +21,12 @@ class RealtimeClock:
         """Block until `seconds` have passed since `since` (a time.perf_counter()
         or time.time() stamp of the same kind), so real transport time is part
         of, not added to, the emulated transfer time."""
-        remaining = since + seconds - time.time()
-        if remaining > 0:
-            time.sleep(remaining)
+        deadline = since + seconds
+        remaining = deadline - time.time()
+        if remaining > _SPIN_S:
+            time.sleep(remaining - _SPIN_S)  # sleep() overshoots by up to a scheduler tick
+        while time.time() < deadline:  # so spin the last stretch
+            pass
 
 
 def make_clock(kind: str) -> VirtualClock | RealtimeClock:
