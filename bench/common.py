@@ -207,3 +207,14 @@ class Section:
 def verdict(value: float, target: float, lower_is_better: bool = True) -> str:
     ok = value <= target if lower_is_better else value >= target
     return "meets target" if ok else "MISSES target"
+
+
+def usage(argv: list[str], doc: str) -> bool:
+    """True (after printing `doc`) for -h/--help; exits with `doc` when a
+    one-run invocation lacks CONFIG OUT."""
+    if argv[:1] in (["-h"], ["--help"]):
+        print(doc)
+        return True
+    if not argv or (argv[0] != "--bench" and len(argv) < 2):
+        raise SystemExit(doc)
+    return False

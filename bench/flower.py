@@ -254,7 +254,8 @@ def bench(reps: int = 1, compute_rounds: int = 10, overhead_rounds: int = 10, ra
     intro = ("Compute-bound: tiny BERT (hidden 128, 4 layers, max_length 48, all parameters trained), "
              "100 clients, 10 per round, 5 local steps of 16. Overhead-bound: tiny BERT (hidden 32, 2 layers), "
              "1000 clients, 20 per round, 1 local step. fedmpi on %d ranks (1 thread each); Flower simulation "
-             "with Ray, 1 CPU per client actor; the plain loop is one process with all cores. Wall includes "
+             "with Ray, 1 CPU per client actor; the plain loop is one process with one thread (the faster "
+             "setting for these small matrices here, and a rank's kernels, so weights can match bitwise). Wall includes "
              "start-up (process start to exit); s/round is the round loop alone; fedmpi's start-up = wall − "
              "round loop, Flower's = process start → first round. Runs interleaved." % ranks)
     return Section("fedmpi vs Flower simulation vs the plain loop", intro + "\n\n" + "\n\n".join(body),
@@ -262,7 +263,11 @@ def bench(reps: int = 1, compute_rounds: int = 10, overhead_rounds: int = 10, ra
 
 
 def main(argv: list[str]) -> None:
-    if argv and argv[0] == "--bench":
+    from bench.common import usage
+
+    if usage(argv, __doc__):
+        return
+    if argv[0] == "--bench":
         ap = argparse.ArgumentParser()
         ap.add_argument("--bench", action="store_true")
         ap.add_argument("--reps", type=int, default=1)

@@ -20,7 +20,7 @@ SIZES = {
     # name: (full kwargs, quick kwargs)
     "link": ({}, {"pairs": None}),
     "aggregation": ({"reps": 5}, {"reps": 3}),
-    "overhead": ({"reps": 4, "rounds": 10}, {"reps": 2, "rounds": 5}),  # even: balanced run order
+    "overhead": ({"reps": 6, "rounds": 10}, {"reps": 2, "rounds": 5}),  # even: balanced run order
     "scale": ({"reps": 2, "rounds": 20, "per_round": 30}, {"reps": 1, "rounds": 8, "per_round": 20}),
     "ranks": ({"rounds": 6}, {"rounds": 3}),
     "flower": ({"reps": 1, "compute_rounds": 20, "overhead_rounds": 20},

@@ -1,6 +1,7 @@
 """Bench code that runs on every rank under mpiexec:
 
   python -m bench.worker fedmpi  OUT.json MODE CONFIG [KEY=VALUE ...]   MODE: instrumented | bypassed
+  python -m bench.worker overhead OUT.json REPS CONFIG [KEY=VALUE ...]  # both modes, alternating in one job
   python -m bench.worker aggregate OUT.json NUMEL REPS PER_RANK
   python -m bench.worker link OUT.json LATENCY_MS REPS MB@MBPS [MB@MBPS ...]
 
@@ -35,7 +36,7 @@ class RawLink(Link):
         return tensor
 
     def reduce(self, tensor, *, kind, bytes_per_client, clients):
-        dist.reduce(tensor, dst=0, op=dist.ReduceOp.SUM)
+        self.sum_to_server(tensor)
         return tensor
 
 
@@ -60,7 +61,6 @@ def _write(rt, out: str, obj) -> None:
 def run_fedmpi(out: str, mode: str, config: str, overrides: list[str]) -> None:
     from fedmpi.config import load_config
     from fedmpi.experiment import Experiment, prepare
-    from fedmpi.metering.flops import FlopMeter
     from fedmpi.runtime import init_runtime, shutdown
 
     t0 = time.perf_counter()
@@ -69,17 +69,7 @@ def run_fedmpi(out: str, mode: str, config: str, overrides: list[str]) -> None:
     rt = init_runtime(cfg.runtime)
     exp = Experiment(cfg, rt, prep)
     if mode == "bypassed":
-        exp.meter = FlopMeter(enabled=False)
-        exp.link = RawLink(rt, exp.profiles, exp.link.clock, None)
-        opened = exp._open_outputs
-
-        def open_null(ck):
-            opened(ck)
-            exp.ledger.close()
-            exp.ledger = NullLedger(None)
-            exp.link.ledger = None
-
-        exp._open_outputs = open_null
+        bypass(exp)
     elif mode != "instrumented":
         raise SystemExit(f"unknown mode {mode}")
     t_loop = time.perf_counter()
@@ -93,6 +83,61 @@ def run_fedmpi(out: str, mode: str, config: str, overrides: list[str]) -> None:
                          "rounds_s": sum(m["wall_seconds"] for m in metrics),
                          "final_loss": summary["final_loss"], "final_accuracy": summary["final_accuracy"],
                          "counted_calls": int(counted)})
+    shutdown()
+
+
+def bypass(exp) -> None:
+    """Swap out an Experiment's instrumentation: a Link that only moves data,
+    a disabled FLOP meter, and a ledger that keeps nothing once outputs open."""
+    from fedmpi.metering.flops import FlopMeter
+
+    exp.meter = FlopMeter(enabled=False)
+    exp.link = RawLink(exp.rt, exp.profiles, exp.link.clock, None)
+    opened = exp._open_outputs
+
+    def open_null(ck):
+        opened(ck)
+        exp.ledger.close()
+        exp.ledger = NullLedger(None)
+        exp.link.ledger = None
+
+    exp._open_outputs = open_null
+
+
+def run_overhead(out: str, reps: int, config: str, overrides: list[str]) -> None:
+    """Instrumented and bypassed Experiment.run alternating inside one job:
+    the same warm processes, so process start-up and machine drift cancel.
+    Each run gets a fresh Experiment (fresh FLOP meter: its per-shape counts
+    are paid again) from the same initial weights; one untimed pair warms up."""
+    import copy
+    import dataclasses
+
+    from fedmpi.config import load_config
+    from fedmpi.experiment import Experiment, prepare
+    from fedmpi.runtime import init_runtime, shutdown
+
+    cfg = load_config(config, overrides)
+    prep = prepare(cfg)
+    rt = init_runtime(cfg.runtime)
+    init = copy.deepcopy(prep.model.state_dict())
+    runs: list[dict] = []
+    for rep in range(reps + 1):
+        for mode in (("instrumented", "bypassed") if rep % 2 == 0 else ("bypassed", "instrumented")):
+            prep.model.load_state_dict(init)
+            exp = Experiment(dataclasses.replace(cfg, name=f"{mode}{rep}"), rt, prep)
+            if mode == "bypassed":
+                bypass(exp)
+            dist.barrier()
+            t0 = time.perf_counter()
+            summary = exp.run()
+            took = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+            dist.all_reduce(took, op=dist.ReduceOp.MAX)
+            counted = torch.tensor([exp.meter.counted_calls], dtype=torch.int64)
+            dist.all_reduce(counted)
+            if rep and rt.is_server:
+                runs.append({"mode": mode, "rep": rep, "run_s": float(took), "counted_calls": int(counted),
+                             "final_loss": summary["final_loss"], "final_accuracy": summary["final_accuracy"]})
+    _write(rt, out, {"runs": runs})
     shutdown()
 
 
@@ -118,7 +163,7 @@ def run_aggregate(out: str, numel: int, reps: int, per_rank: int) -> None:
         cfg = ExperimentConfig()
         cfg.federation.aggregation_dtype = dtype
         cfg.federation.clients_per_round = n
-        return SimpleNamespace(cfg=cfg, rt=rt, link=link, ledger=ledger, speeds=[1e10] * n, server_speed=1e12)
+        return SimpleNamespace(cfg=cfg, rt=rt, link=link, ledger=ledger, speeds=[1e10] * n, server_speed=1e12, buffers={})
 
     exps = {"fedmpi float64": exp_for("float64"), "fedmpi float32": exp_for("float32")}
 
@@ -175,10 +220,12 @@ def run_link(out: str, latency_ms: float, reps: int, pairs: list[str]) -> None:
                 start = time.time()
                 if rt.is_server:
                     got = link.from_client(client=0, kind="update")
-                    assert got.numel() == nbytes
                 else:
                     link.to_server(payload, client=0, kind="update")
                 end = time.time()
+                if rt.is_server:
+                    assert got.numel() == nbytes
+                    del got  # outside the timing: unmapping a 100 MB buffer costs ~10 ms
                 stamps = [None] * rt.world_size if rt.is_server else None
                 dist.gather_object(start, stamps, dst=0)
                 if rt.is_server:
@@ -198,6 +245,8 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     if task == "fedmpi":
         run_fedmpi(out, argv[2], argv[3], argv[4:])
+    elif task == "overhead":
+        run_overhead(out, int(argv[2]), argv[3], argv[4:])
     elif task == "aggregate":
         run_aggregate(out, int(argv[2]), int(argv[3]), int(argv[4]))
     elif task == "link":
