@@ -1,7 +1,6 @@
 """Bench code that runs on every rank under mpiexec:
 
-  python -m bench.worker fedmpi  OUT.json MODE CONFIG [KEY=VALUE ...]   MODE: instrumented | bypassed
-  python -m bench.worker overhead OUT.json REPS CONFIG [KEY=VALUE ...]  # both modes, alternating in one job
+  python -m bench.worker overhead OUT.json REPS CONFIG [KEY=VALUE ...]   # instrumented / bypassed, alternating
   python -m bench.worker aggregate OUT.json NUMEL REPS PER_RANK
   python -m bench.worker link OUT.json LATENCY_MS REPS MB@MBPS [MB@MBPS ...]
 
@@ -56,34 +55,6 @@ class NullLedger(Ledger):
 def _write(rt, out: str, obj) -> None:
     if rt.rank == 0:
         Path(out).write_text(json.dumps(obj, indent=1))
-
-
-def run_fedmpi(out: str, mode: str, config: str, overrides: list[str]) -> None:
-    from fedmpi.config import load_config
-    from fedmpi.experiment import Experiment, prepare
-    from fedmpi.runtime import init_runtime, shutdown
-
-    t0 = time.perf_counter()
-    cfg = load_config(config, overrides)
-    prep = prepare(cfg)
-    rt = init_runtime(cfg.runtime)
-    exp = Experiment(cfg, rt, prep)
-    if mode == "bypassed":
-        bypass(exp)
-    elif mode != "instrumented":
-        raise SystemExit(f"unknown mode {mode}")
-    t_loop = time.perf_counter()
-    summary = exp.run()
-    t_end = time.perf_counter()
-    counted = torch.tensor([exp.meter.counted_calls], dtype=torch.int64)
-    dist.all_reduce(counted)  # FLOP counts taken on all ranks (each a slower, metered step)
-    if rt.is_server:
-        metrics = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines() if x]
-        _write(rt, out, {"mode": mode, "setup_s": t_loop - t0, "run_s": t_end - t_loop,
-                         "rounds_s": sum(m["wall_seconds"] for m in metrics),
-                         "final_loss": summary["final_loss"], "final_accuracy": summary["final_accuracy"],
-                         "counted_calls": int(counted)})
-    shutdown()
 
 
 def bypass(exp) -> None:
@@ -243,9 +214,7 @@ def run_link(out: str, latency_ms: float, reps: int, pairs: list[str]) -> None:
 def main(argv: list[str]) -> None:
     task, out = argv[0], argv[1]
     torch.set_num_threads(1)
-    if task == "fedmpi":
-        run_fedmpi(out, argv[2], argv[3], argv[4:])
-    elif task == "overhead":
+    if task == "overhead":
         run_overhead(out, int(argv[2]), argv[3], argv[4:])
     elif task == "aggregate":
         run_aggregate(out, int(argv[2]), int(argv[3]), int(argv[4]))
