@@ -11,82 +11,25 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import traceback
 from pathlib import Path
 
-from fedmpi.config import ConfigError, load_config
-
-_RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
-
-
-def env_rank() -> int:
-    """This process's rank as the launcher announced it (before any init)."""
-    for var in _RANK_VARS:
-        if var in os.environ:
-            try:
-                return int(os.environ[var])
-            except ValueError:
-                pass
-    return 0
-
-
-def _error(msg: str) -> None:
-    if env_rank() == 0:
-        print(f"fedmpi: error: {msg}", file=sys.stderr, flush=True)
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="experiment YAML")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable), e.g. --set federation.rounds=3")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+from fedmpi.config import load_config
+from fedmpi.errors import ConfigError
+from fedmpi.runner import add_experiment_args, report_error
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedmpi", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    _common(sub.add_parser("run", help="run an experiment (under mpirun / srun / torchrun)"))
+    sub.add_parser("run", help="run an experiment (under mpirun / srun / torchrun; see fedmpi run -h)",
+                   add_help=False)
     launch = sub.add_parser("launch", help="run an experiment on this machine through the bundled mpiexec")
     launch.add_argument("-n", "--ranks", type=int, default=3, help="ranks: 1 server + N-1 client ranks")
     launch.add_argument("--mpiexec", default=None, help="mpiexec to use (default: the one beside python)")
-    _common(launch)
+    add_experiment_args(launch)
     sub.add_parser("sweep", help="expand a grid into runs / run one entry (see fedmpi sweep -h)", add_help=False)
     sub.add_parser("report", help="tables and plots from run folders (see fedmpi report -h)", add_help=False)
     return p
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from fedmpi.runtime import detect_launcher
-
-    cfg = load_config(args.config, args.overrides)
-    if detect_launcher() == "single":
-        raise ConfigError("fedmpi needs at least 2 ranks (1 server + clients); start it with "
-                          f"'fedmpi launch -n 3 {args.config}', mpirun -n 3, srun -n 3 or torchrun")
-    from fedmpi.experiment import Experiment, prepare
-    from fedmpi.runtime import init_runtime, shutdown
-
-    prep = prepare(cfg)
-    rt = init_runtime(cfg.runtime)
-    try:
-        summary = Experiment(cfg, rt, prep, resume=args.resume).run()
-        if summary is not None:
-            from fedmpi.console import print_summary
-
-            print_summary(summary, cfg.run_dir)
-    except ConfigError as exc:
-        # Bad input found after start-up (an algorithm's options): every rank
-        # usually finds it; the server reports it, others only if it cannot.
-        if not rt.is_server:
-            time.sleep(2.0)
-        print(f"fedmpi: error: {exc}", file=sys.stderr, flush=True)
-        time.sleep(0.5)  # let the launcher forward the line before MPI_Abort tears the job down
-        rt.abort(2)
-    except BaseException:
-        sys.stderr.write(f"fedmpi: rank {rt.rank} failed; ending the job\n{traceback.format_exc()}")
-        rt.abort(1)
-    shutdown()
-    return 0
 
 
 def find_mpiexec(explicit: str | None = None) -> str:
@@ -124,14 +67,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.ranks < 2:
         raise ConfigError(f"fedmpi needs at least 2 ranks (1 server + clients), got -n {args.ranks}")
-    from fedmpi.algorithms import get_algorithm
-    from fedmpi.data.partition import partition
-    from fedmpi.data.sources import load_task
+    from fedmpi.registry import TASKS
 
-    get_algorithm(cfg.algorithm).check(cfg)  # options errors here, printed once, before mpiexec
-    task = load_task(cfg.data, cfg.seed)  # data errors now, not once per rank
-    partition(task.train.labels, cfg.federation.num_clients, cfg.data.partition, alpha=cfg.data.alpha,
-              shards_per_client=cfg.data.shards_per_client, seed=cfg.seed)
+    task = TASKS.get(cfg.task)(cfg)  # data errors now, printed once, not once per rank
+    task.partition(task.load_data())
     argv = [args.config] + [x for kv in args.overrides for x in ("--set", kv)]
     argv += ["--resume"] if args.resume else []
     cmd, env = launch_command(find_mpiexec(args.mpiexec), args.ranks, argv)
@@ -149,10 +88,13 @@ def main(argv: list[str] | None = None) -> int:
             from fedmpi.report.cli import main as report_main
 
             return report_main(argv[1:])
-        args = _parser().parse_args(argv)
-        return cmd_run(args) if args.cmd == "run" else cmd_launch(args)
+        if argv and argv[0] == "run":
+            from fedmpi.runner import main as run_main
+
+            return run_main(argv[1:])
+        return cmd_launch(_parser().parse_args(argv))
     except ConfigError as exc:
-        _error(str(exc))
+        report_error(str(exc))
         return 2
     except KeyboardInterrupt:
         return 130

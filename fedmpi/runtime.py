@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from fedmpi.config import ConfigError, RuntimeConfig
+from fedmpi.errors import ConfigError
 
 _MPI_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
 
@@ -101,7 +101,7 @@ def _device(backend: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def _set_threads(cfg: RuntimeConfig, local_world: int) -> None:
+def _set_threads(cfg, local_world: int) -> None:
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS
@@ -109,7 +109,7 @@ def _set_threads(cfg: RuntimeConfig, local_world: int) -> None:
     torch.set_num_threads(cfg.threads or max(1, cores // max(1, local_world)))
 
 
-def _init_mpi(cfg: RuntimeConfig) -> Runtime:
+def _init_mpi(cfg) -> Runtime:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
@@ -134,7 +134,7 @@ def _init_mpi(cfg: RuntimeConfig) -> Runtime:
     return Runtime(rank, world, local_rank, local_world, "mpi", backend, _device(backend, local_rank), comm)
 
 
-def _init_env(cfg: RuntimeConfig, launcher: str) -> Runtime:
+def _init_env(cfg, launcher: str) -> Runtime:
     env = os.environ
     if launcher == "slurm":
         rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
@@ -164,7 +164,7 @@ def _init_env(cfg: RuntimeConfig, launcher: str) -> Runtime:
     return Runtime(rank, world, local_rank, local_world, launcher, backend, _device(backend, local_rank))
 
 
-def init_runtime(cfg: RuntimeConfig) -> Runtime:
+def init_runtime(cfg) -> Runtime:
     launcher = detect_launcher()
     if launcher == "single":
         raise ConfigError(

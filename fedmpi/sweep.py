@@ -39,7 +39,8 @@ from typing import Any, Callable
 
 import yaml
 
-from fedmpi.config import ConfigError, load_config
+from fedmpi.config import load_config
+from fedmpi.errors import ConfigError
 
 GRID_KEYS = ("base", "set", "grid", "name")
 LAUNCHERS = ("auto", "srun", "mpirun", "none")
@@ -247,9 +248,9 @@ def format_table(sweep: Sweep) -> str:
 
 
 def _in_process(argv: list[str]) -> int:
-    from fedmpi.cli import main as cli_main  # the core's CLI; imported only when needed
+    from fedmpi.runner import main as run_main  # imported only when needed
 
-    return int(cli_main(argv) or 0)
+    return int(run_main(argv[1:]) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,20 +20,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedmpi.algorithms.aggregate import ClientResult, drops_out
 from fedmpi.algorithms.fedavg import FedAvg
-from fedmpi.algorithms.fedpft_options import FedPFTOptions, parse_options
-from fedmpi.algorithms.local import make_optimizer, train_steps
-from fedmpi.config import ConfigError, DataConfig
+from fedmpi.algorithms.fedpft_options import FedPFTOptions
+from fedmpi.config import DataConfig
 from fedmpi.data.federated import Encoded
-from fedmpi.data.sources import TextSplit, load_task
-from fedmpi.metering.ledger import SERVER
+from fedmpi.data.sources import load_dataset
+from fedmpi.data.splits import TextSplit
+from fedmpi.engine.training import LocalStats
+from fedmpi.errors import ConfigError
 from fedmpi.models.distill import DistillStats, distill, evaluate_layers, least_active, neuron_masks
 from fedmpi.models.methods import trainable
 from fedmpi.models.submodel import (SubModelPlan, build_submodel, encoder_layers, ffn, param_count,
                                     plan_submodel, sample_flops, training_memory_bytes)
 from fedmpi.net.flat import flatten, unflatten_into
-from fedmpi.seeding import derive_seed, seed_torch
+from fedmpi.seeding import derive_seed
 
 INIT_KIND, STATS_KIND, SUBMODEL_KIND = "init", "stats", "submodel"
 
@@ -47,11 +47,6 @@ def add_lora(model: nn.Module, cfg, targets: list[str], seed: int) -> nn.Module:
     conf = LoraConfig(r=cfg.method.r, lora_alpha=cfg.method.lora_alpha, lora_dropout=cfg.method.lora_dropout,
                       target_modules=list(targets), modules_to_save=["classifier"])
     return get_peft_model(model, conf)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare backbone, if a PEFT method already wrapped it (its fresh adapters are dropped)."""
-    return model.unload() if hasattr(model, "unload") and hasattr(model, "peft_config") else model
 
 
 def public_split(opts: FedPFTOptions, data: DataConfig, seed: int) -> TextSplit:
@@ -70,7 +65,7 @@ def public_split(opts: FedPFTOptions, data: DataConfig, seed: int) -> TextSplit:
     if same:
         raise ConfigError(f"options.public_data '{opts.public_data}' is the task's own data; distillation "
                           "needs other public text (e.g. ag_news, cola, or 'embedded')")
-    train = load_task(dcfg, seed).train
+    train = load_dataset(dcfg, seed).train
     return TextSplit(train.texts, np.zeros(len(train), dtype=np.int64), train.texts_b)
 
 
@@ -117,18 +112,15 @@ class ActivityMeter:
 
 class FedPFT(FedAvg):
     name = "fedpft"
-
-    def __init__(self, exp) -> None:
-        super().__init__(exp)
-        self.opts = self.check(exp.cfg)
-        self.info: dict[str, object] = {}
+    Options = FedPFTOptions
+    builds_own_method = True  # it adds the method's LoRA to the full model and to its proxy
 
     @classmethod
-    def check(cls, cfg) -> FedPFTOptions:
-        opts = parse_options(cfg.options)
-        if cfg.method.name not in ("full", "lora"):
-            raise ConfigError(f"algorithm fedpft trains its own LoRA (options.lora_targets, method.r, "
-                              f"method.lora_alpha); set method.name to lora (or leave full), "
+    def check(cls, cfg) -> None:
+        opts = cfg.options
+        if cfg.method.name != "lora":
+            raise ConfigError(f"algorithm fedpft trains LoRA (on options.lora_targets, with method.r, "
+                              f"method.lora_alpha, method.lora_dropout): set method.name to lora, "
                               f"not '{cfg.method.name}'")
         if opts.distills or opts.aligns:
             root = Path(cfg.data.path or "../shared/data")
@@ -136,46 +128,44 @@ class FedPFT(FedAvg):
                     root / opts.public_data).is_dir():
                 raise ConfigError(f"options.public_data '{opts.public_data}' not found (neither a folder "
                                   f"nor a dataset under {root}); use e.g. ag_news, cola or embedded")
-        return opts
 
     # -- setup: sub-model, distillation, one download, LoRA ------------------
     def setup(self) -> None:
-        exp, cfg, o = self.exp, self.exp.cfg, self.opts
-        full = unwrap(exp.model)
+        ctx, cfg, o = self.ctx, self.ctx.cfg, self.opts
+        self.info: dict[str, object] = {}
+        full = ctx.model
         keep = list(range(len(encoder_layers(full)))) if o.mode == "full" else o.keep_layers
         self.plan = plan_submodel(full, keep, o.ffn_keep_ratio)
         sub = build_submodel(full, self.plan)
         for p in list(full.parameters()) + list(sub.parameters()):
             p.requires_grad_(False)
-        probe = next(exp.data.test_batches(cfg.train.eval_batch_size))
-        probe = {k: v[: min(16, len(v))].to(exp.rt.device) for k, v in probe.items()}
+        probe = next(ctx.data.test_batches(cfg.train.eval_batch_size))
+        probe = {k: v[: min(16, len(v))].to(ctx.device) for k, v in probe.items()}
         self.info.update(full_params=param_count(full), sub_params=param_count(sub),
                          full_flops_per_sample=sample_flops(full, probe),
                          sub_flops_per_sample=sample_flops(sub, probe),
                          compressed_layers=self.plan.compressed, kept_whole=self.plan.whole,
                          ffn_neurons_kept={i: len(k) for i, k in self.plan.kept.items()},
                          mode=o.mode)
-        self.public = None
-        if exp.rt.is_server and (o.distills or o.aligns):
-            enc = Encoded(public_split(o, cfg.data, cfg.seed), exp.data.tokenizer, cfg.model.max_length)
+        if ctx.rt.is_server and (o.distills or o.aligns):
+            enc = ctx.data.encode(public_split(o, cfg.data, cfg.seed))
             self.public_enc = enc
             self.public = cycle_batches(enc, o.distill_batch_size, cfg.seed)
             self.public_heldout = [next(self.public) for _ in range(2)]
             self.info["public_samples"] = len(enc)
-        if exp.rt.is_server and o.distills:
+        if ctx.rt.is_server and o.distills:
             before = evaluate_layers(full, sub, self.plan, self.public_heldout)
             st = distill(full, sub, self.plan, self.public, o.distill_steps, o.distill_alpha, o.distill_lr,
-                         exp.meter, exp.rt.device)
+                         ctx.meter, ctx.device)
             after = evaluate_layers(full, sub, self.plan, self.public_heldout)
-            self._server_work("distill", st, charge=exp.fresh_start)  # redone on resume, not re-charged
+            self._server_work("distill", st, charge=ctx.fresh_start)  # redone on resume, not re-charged
             self.info.update(distill_layer_loss_before=before, distill_layer_loss_after=after)
         # The sub-model (frozen weights, all of it: a client has nothing else) goes down once.
         base = list(sub.parameters())
-        flat = flatten(base) if exp.rt.is_server else torch.empty(sum(p.numel() for p in base),
-                                                                  dtype=base[0].dtype, device=exp.rt.device)
+        flat = flatten(base) if ctx.rt.is_server else torch.empty(sum(p.numel() for p in base),
+                                                                  dtype=base[0].dtype, device=ctx.device)
         everyone = list(range(cfg.federation.num_clients))
-        exp.link.broadcast(flat, kind=INIT_KIND, clients=everyone if exp.fresh_start else [])
-        unflatten_into(flat, base)
+        unflatten_into(ctx.link.broadcast(flat, kind=INIT_KIND, clients=everyone if ctx.fresh_start else []), base)
         del flat
         self.info["init_bytes_per_client"] = sum(p.numel() * p.element_size() for p in base)
         # Same LoRA + classifier on both; their names and shapes must match.
@@ -189,21 +179,18 @@ class FedPFT(FedAvg):
         with torch.no_grad():
             for (_, ps), pf in zip(trainable(self.sub), self.full_params):
                 ps.copy_(pf)
-        exp.model = self.full if exp.rt.is_server else self.sub
-        self._first_round, self._resumed = True, False
-        super().setup()  # FedAvg over the sub-model's trainable state
-        self.model = self.sub
+        self.model = self.sub  # clients train the proxy; the server evaluates the full model
         self.params = [p for _, p in trainable(self.sub)]
-        if exp.rt.is_server:
-            batch = next(exp.data.client_batches(0, 0, 1, cfg.train.batch_size))
-            batch = {k: v.to(exp.rt.device) for k, v in batch.items()}
+        self._first_round, self._resumed = True, False
+        if ctx.rt.is_server:
+            batch = next(ctx.data.client_batches(0, 0, 1, cfg.train.batch_size))
+            batch = {k: v.to(ctx.device) for k, v in batch.items()}
             self.info["client_memory"] = training_memory_bytes(self.sub, batch)
             self.info["full_model_client_memory"] = training_memory_bytes(self.full, batch)
 
     def _server_work(self, kind: str, st: DistillStats, charge: bool = True) -> None:
-        exp = self.exp
         if charge:
-            exp.ledger.add(exp.link.round, -1, SERVER, kind, flops=st.flops, seconds=st.flops / exp.server_speed)
+            self.ctx.link.charge_server(kind, st.flops)
         self.info.setdefault(f"{kind}_steps", 0)
         self.info[f"{kind}_steps"] += st.steps
 
@@ -211,74 +198,69 @@ class FedPFT(FedAvg):
     def aligns_now(self, rnd: int) -> bool:
         return self.opts.aligns and bool(self.plan.compressed) and (rnd + 1) % self.opts.align_every == 0
 
-    def run_round(self, rnd: int, sampled: list[int]) -> dict[int, dict[str, float]]:
+    def before_round(self, rnd: int, sampled: list[int]) -> None:
         self.activity: dict[int, torch.Tensor] = {}
         if self._first_round:  # after a resume, clients need the checkpoint's aligned FFNs
             self._first_round = False
-            if self.exp.link.share(self._resumed):
+            if self.ctx.link.share(self._resumed):
                 self._resync_ffns()
-        stats = super().run_round(rnd, sampled)
-        if self.exp.rt.is_server:  # the global LoRA + classifier also live on the full model
+
+    def train_client(self, client: int, rnd: int) -> LocalStats:
+        if not self.aligns_now(rnd):
+            return super().train_client(client, rnd)
+        ctx = self.ctx
+        meter = ActivityMeter(self.sub, self.plan, self.opts.align_eps)
+        try:
+            return ctx.train(self.model, meter.batches(ctx.client_batches(client, rnd)), ctx.optimizer(self.params))
+        finally:
+            self.activity[client] = meter.close().to(ctx.device)
+
+    def after_round(self, rnd: int, sampled: list[int]) -> None:
+        if self.ctx.rt.is_server:  # the global LoRA + classifier also live on the full model
             unflatten_into(flatten(self.params), self.full_params)
         if self.aligns_now(rnd):
             self.align(rnd, sampled)
-        return stats
-
-    def train_client(self, client: int, rnd: int) -> ClientResult:
-        if not self.aligns_now(rnd):
-            return super().train_client(client, rnd)
-        exp, cfg = self.exp, self.exp.cfg
-        seed_torch(cfg.seed, rnd, client)
-        opt = make_optimizer(self.params, cfg.train)
-        meter = ActivityMeter(self.sub, self.plan, self.opts.align_eps)
-        try:
-            batches = meter.batches(exp.data.client_batches(client, rnd, cfg.train.local_steps,
-                                                            cfg.train.batch_size))
-            st = train_steps(self.model, batches, opt, exp.meter, exp.rt.device)
-        finally:
-            self.activity[client] = meter.close()
-        return self.result(client, st.num_samples, st.loss_sum, st.flops)
 
     def align(self, rnd: int, sampled: list[int]) -> None:
         """Stats up (per client), re-distil the least active neurons, changed neurons down (all clients)."""
-        exp, o = self.exp, self.opts
-        link = exp.link
-        live = [c for c in sampled if not drops_out(exp.cfg.seed, rnd, c, exp.cfg.federation.dropout)]
+        ctx, o = self.ctx, self.opts
+        link = ctx.link
+        live = ctx.live(rnd, sampled)
         counts = {i: o.align_count(len(self.plan.kept[i])) for i in self.plan.compressed}
         n_idx = sum(counts.values())
-        if exp.rt.is_server:
+        if ctx.rt.is_server:
             share, weight = None, 0.0
             for c in live:
                 s = link.from_client(client=c, kind=STATS_KIND).double()
-                w = exp.data.client_size(c)
+                w = ctx.data.client_size(c)
                 share = s * w if share is None else share + s * w
                 weight += w
             chosen = {}
             if share is not None:
                 share /= weight
                 chosen = least_active(share, self.plan, counts)
-                batches = cycle_batches(self.public_enc, o.distill_batch_size, exp.cfg.seed, stream=rnd + 1)
+                batches = cycle_batches(self.public_enc, o.distill_batch_size, ctx.cfg.seed, stream=rnd + 1)
                 st = distill(self.full, self.sub, self.plan, batches, o.align_steps, o.distill_alpha,
-                             o.distill_lr, exp.meter, exp.rt.device, masks=neuron_masks(self.plan, chosen))
+                             o.distill_lr, ctx.meter, ctx.device, masks=neuron_masks(self.plan, chosen))
                 self._server_work("align", st)
                 self.info.setdefault("align_rounds", []).append(rnd)
             index = torch.cat([chosen[i] for i in self.plan.compressed]).long() if chosen else \
                 torch.full((n_idx,), -1, dtype=torch.long)
+            index = index.to(ctx.device)
         else:
-            for c in exp.rt.clients_here(live):
+            for c in ctx.rt.clients_here(live):
                 link.to_server(self.activity.pop(c), client=c, kind=STATS_KIND)
-            index = torch.empty(n_idx, dtype=torch.long)
-        everyone = list(range(exp.cfg.federation.num_clients))
-        link.broadcast(index, kind=SUBMODEL_KIND, clients=everyone)
+            index = torch.empty(n_idx, dtype=torch.long, device=ctx.device)
+        everyone = list(range(ctx.cfg.federation.num_clients))
+        index = link.broadcast(index, kind=SUBMODEL_KIND, clients=everyone)
         if int(index[0]) < 0:
             return  # nobody arrived: nothing was aligned
         chosen = self._split(index, counts)
-        values = self._neurons(chosen) if exp.rt.is_server else torch.empty(
-            self._neuron_numel(counts), dtype=self.params[0].dtype)
-        link.broadcast(values, kind=SUBMODEL_KIND, clients=everyone)
-        if not exp.rt.is_server:
+        values = self._neurons(chosen) if ctx.rt.is_server else torch.empty(
+            self._neuron_numel(counts), dtype=self.params[0].dtype, device=ctx.device)
+        values = link.broadcast(values, kind=SUBMODEL_KIND, clients=everyone)
+        if not ctx.rt.is_server:
             self._load_neurons(values, chosen)
-
     # -- packing the changed neurons ------------------------------------------
     def _split(self, index: torch.Tensor, counts: dict[int, int]) -> dict[int, torch.Tensor]:
         out, off = {}, 0
@@ -333,24 +315,23 @@ class FedPFT(FedAvg):
         ffns = self._ffns()
         if not ffns:
             return
-        flat = flatten(ffns) if self.exp.rt.is_server else torch.empty(
-            sum(t.numel() for t in ffns), dtype=ffns[0].dtype, device=self.exp.rt.device)
+        ctx = self.ctx
+        flat = flatten(ffns) if ctx.rt.is_server else torch.empty(
+            sum(t.numel() for t in ffns), dtype=ffns[0].dtype, device=ctx.device)
         # Uncharged: the emulated deployment never lost these; only the emulator restarted.
-        self.exp.link.broadcast(flat, kind=SUBMODEL_KIND, clients=[])
-        unflatten_into(flat, ffns)
+        unflatten_into(ctx.link.broadcast(flat, kind=SUBMODEL_KIND, clients=[]), ffns)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         ffns = self._ffns()
-        return {"trainable": flatten(self.params).cpu(),
-                "sub_ffn": flatten(ffns).cpu() if ffns else torch.zeros(0)}
+        return {"sub_ffn": flatten(ffns).cpu() if ffns else torch.zeros(0)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Server only; the aligned FFNs reach the clients at the first round after it."""
-        super().load_state_dict(state)
+        """Server only, `params` already restored; the aligned FFNs reach the clients
+        at the first round after it."""
         unflatten_into(flatten(self.params), self.full_params)
         ffns = self._ffns()
         if ffns:
-            unflatten_into(state["sub_ffn"].to(self.exp.rt.device), ffns)
+            unflatten_into(state["sub_ffn"].to(self.ctx.device), ffns)
         self._resumed = True
 
     def report(self) -> dict[str, object]:

@@ -19,20 +19,18 @@ Prompt + tail are FedAvg'd each round.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from fedmpi.algorithms.aggregate import ClientResult
-from fedmpi.algorithms.local import Batch, make_optimizer, to_device
-from fedmpi.algorithms.split_options import SFPromptOptions
-from fedmpi.algorithms.splitfed import SplitFed, Tally
-from fedmpi.config import ConfigError
+from fedmpi.algorithms.splitfed import SplitFed, SplitOptions
 from fedmpi.data.federated import Encoded
+from fedmpi.engine.training import Batch, LocalStats, to_device
 from fedmpi.metering.flops import FlopMeter, shape_key
 from fedmpi.models.split import SplitModel
-from fedmpi.seeding import seed_torch
+from fedmpi.options import at_least, in_range, option, positive
 
 
 def keep_count(n: int, ratio: float) -> int:
@@ -89,20 +87,19 @@ def kept_batches(data: Encoded, kept: np.ndarray, rng: np.random.Generator, batc
             yield data.batch(order[pos:pos + bs])
 
 
+@dataclass
+class SFPromptOptions(SplitOptions):
+    split_tail_layers: int = option(1, check=at_least(0), help="encoder layers in the client tail")
+    prompt_tokens: int = option(10, check=positive, help="soft-prompt vectors (sfprompt tunes a prompt: >= 1)")
+    prune_ratio: float = option(0.5, check=in_range(0, 1, low_open=True),
+                                help="gamma: keep the hardest ceil(gamma * n) samples (EL2N)")
+    prune_stratified: bool = option(False, help="share the kept count among classes by their counts")
+    local_loss_steps: int = option(1, check=at_least(0), help="head->tail shortcut steps per round, no traffic")
+
+
 class SFPrompt(SplitFed):
     name = "sfprompt"
     Options = SFPromptOptions
-
-    @staticmethod
-    def check_options(o) -> None:
-        if o.prompt_tokens < 1:
-            raise ConfigError(f"options.prompt_tokens must be >= 1 for sfprompt (it tunes a soft prompt), "
-                              f"got {o.prompt_tokens}")
-        if not 0.0 < o.prune_ratio <= 1.0:
-            raise ConfigError(f"options.prune_ratio (gamma, the share of samples kept) must be in (0, 1], "
-                              f"got {o.prune_ratio}")
-        if o.local_loss_steps < 0:
-            raise ConfigError(f"options.local_loss_steps must be >= 0, got {o.local_loss_steps}")
 
     def choose_trainable(self) -> None:
         """Prompt + tail train; the head's layers and the server's body are frozen."""
@@ -112,29 +109,28 @@ class SFPrompt(SplitFed):
             p.requires_grad_(True)
 
     def split_steps(self, client: int) -> int:
-        return math.ceil(round(self.opts.prune_ratio * self.exp.cfg.train.local_steps, 9))
+        return math.ceil(round(self.opts.prune_ratio * self.ctx.cfg.train.local_steps, 9))
 
-    def train_client(self, client: int, rnd: int) -> ClientResult:
-        exp, cfg = self.exp, self.exp.cfg
-        seed_torch(cfg.seed, rnd, client)
-        tally = Tally()
-        scores, tally.flops = el2n_scores(self.split, exp.data.client_all(client, cfg.train.eval_batch_size),
-                                          exp.rt.device, exp.meter)
-        labels = exp.data.client(client).labels.numpy() if self.opts.prune_stratified else None
+    def train_client(self, client: int, rnd: int) -> LocalStats:
+        ctx, cfg = self.ctx, self.ctx.cfg
+        stats = LocalStats()
+        scores, stats.flops = el2n_scores(self.split, ctx.data.client_all(client, cfg.train.eval_batch_size),
+                                          ctx.device, ctx.meter)
+        labels = ctx.data.client(client).labels.numpy() if self.opts.prune_stratified else None
         kept = hardest(scores, self.opts.prune_ratio, labels)
-        batches = kept_batches(exp.data.client(client), kept, np.random.default_rng([cfg.seed, rnd, client, 0x5F9]),
+        batches = kept_batches(ctx.data.client(client), kept, np.random.default_rng([cfg.seed, rnd, client, 0x5F9]),
                                cfg.train.batch_size)
-        opt = make_optimizer(self.params, cfg.train)
+        opt = ctx.optimizer(self.params)
         for _ in range(self.split_steps(client)):
-            self.client_step(client, next(batches), opt, tally)
+            self.client_step(client, next(batches), opt, stats)
         for _ in range(self.opts.local_loss_steps):
-            tally.flops += self.local_loss_step(next(batches), opt)
-        return self.client_result(client, tally)
+            stats.flops += self.local_loss_step(next(batches), opt)
+        return stats
 
     def local_loss_step(self, batch: Batch, opt: torch.optim.Optimizer) -> int:
         """Prompt + tail through the head->tail shortcut: client compute only, no traffic."""
         split = self.split
-        batch = to_device(batch, self.exp.rt.device)
+        batch = to_device(batch, self.ctx.device)
         split.train()
         opt.zero_grad(set_to_none=True)
 
@@ -143,7 +139,7 @@ class SFPrompt(SplitFed):
             loss.backward()
             return loss
 
-        _, flops = self.exp.meter.run(("local-loss", shape_key(batch)), step)
+        _, flops = self.ctx.meter.run(("local-loss", shape_key(batch)), step)
         opt.step()
         return flops
 

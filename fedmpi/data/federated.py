@@ -10,10 +10,11 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from fedmpi.data.sources import Task, TextSplit
+from fedmpi.data.splits import Dataset, TextSplit
 
 Batch = dict[str, torch.Tensor]
 ClientTransform = Callable[[int, TextSplit], TextSplit]
+Encode = Callable[[object], "Encoded"]  # a split -> its batchable encoding (the task's)
 
 
 class Encoded:
@@ -46,20 +47,14 @@ class Encoded:
         return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": self.labels[idx]}
 
 
-def encode(split, tokenizer, max_length: int):
-    """Tokenise a text split; image models' encoders (data.images.PixelEncoder) do their own."""
-    if hasattr(tokenizer, "encode_split"):
-        return tokenizer.encode_split(split, max_length)
-    return Encoded(split, tokenizer, max_length)
-
-
 class FederatedData:
-    def __init__(self, task: Task, parts: list[np.ndarray], tokenizer, max_length: int, seed: int,
+    """Clients' shards of a dataset, encoded on first use by the task's `encode`."""
+
+    def __init__(self, dataset: Dataset, parts: list[np.ndarray], encode: Encode, seed: int,
                  transform: ClientTransform | None = None) -> None:
-        self.task = task
+        self.dataset = dataset
         self.parts = parts
-        self.tokenizer = tokenizer
-        self.max_length = max_length
+        self.encode = encode
         self.seed = seed
         self.transform = transform
         self._clients: dict[int, Encoded] = {}
@@ -73,12 +68,12 @@ class FederatedData:
         return len(self.parts[client])
 
     def client_split(self, client: int) -> TextSplit:
-        split = self.task.train.subset(self.parts[client])
+        split = self.dataset.train.subset(self.parts[client])
         return self.transform(client, split) if self.transform else split
 
     def client(self, client: int) -> Encoded:
         if client not in self._clients:
-            self._clients[client] = encode(self.client_split(client), self.tokenizer, self.max_length)
+            self._clients[client] = self.encode(self.client_split(client))
         return self._clients[client]
 
     def client_batches(self, client: int, rnd: int, steps: int, batch_size: int) -> Iterator[Batch]:
@@ -105,7 +100,7 @@ class FederatedData:
 
     def test(self) -> Encoded:
         if self._test is None:
-            self._test = encode(self.task.test, self.tokenizer, self.max_length)
+            self._test = self.encode(self.dataset.test)
         return self._test
 
     def test_batches(self, batch_size: int, encoded: Encoded | None = None) -> Iterator[Batch]:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedmpi.config import ConfigError, DataConfig
+from fedmpi.data.splits import TEST_SPLITS, Dataset
+from fedmpi.errors import ConfigError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 MNIST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -58,14 +59,12 @@ def is_mnist(folder: Path) -> bool:
 
 
 def load_mnist(folder: Path, name: str, seed: int, test_share: float = 0.2):
-    from fedmpi.data.sources import Task
-
     images = read_idx(_idx_file(folder, MNIST_FILES[0]))
     labels = read_idx(_idx_file(folder, MNIST_FILES[1])).astype(np.int64)
     order = np.random.default_rng([seed, 0x1A6E]).permutation(len(labels))
     cut = int(len(labels) * (1 - test_share))
     tr, te = np.sort(order[:cut]), np.sort(order[cut:])
-    return Task(name, ImageSplit(images[tr], labels[tr]), ImageSplit(images[te], labels[te]),
+    return Dataset(name, ImageSplit(images[tr], labels[tr]), ImageSplit(images[te], labels[te]),
                 [str(i) for i in range(10)])
 
 
@@ -91,22 +90,20 @@ def is_image_folder(folder: Path, split: str) -> bool:
     return d.is_dir() and any(c.is_dir() for c in d.iterdir())
 
 
-def load_image_folder(folder: Path, cfg: DataConfig):
+def load_image_folder(folder: Path, cfg):
     """<folder>/<train|test|val...>/<class>/<image>: one sub-folder per class."""
-    from fedmpi.data.sources import _TEST_SPLITS, Task
-
     train, classes = _read_folder(folder / cfg.train_split)
-    tests = [cfg.test_split] if cfg.test_split else list(_TEST_SPLITS)
+    tests = [cfg.test_split] if cfg.test_split else list(TEST_SPLITS)
     test_dir = next((folder / s for s in tests if (folder / s).is_dir()), None)
     if test_dir is None:
         raise ConfigError(f"image folder {folder}: no test split ({'/'.join(tests)}); set data.test_split")
     test, test_classes = _read_folder(test_dir)
     if test_classes != classes:
         raise ConfigError(f"image folder {folder}: train and test class folders differ")
-    return Task(cfg.name, train, test, classes)
+    return Dataset(cfg.name, train, test, classes)
 
 
-def image_task(cfg: DataConfig, seed: int):
+def image_task(cfg, seed: int):
     """The image task named by cfg, or None when cfg names no image data."""
     candidates = ([Path(cfg.path) / cfg.name, Path(cfg.path)] if cfg.path else [Path(cfg.name)])
     for folder in candidates:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedmpi.config import ConfigError
+from fedmpi.errors import ConfigError
 
 
 def _check(n: int, num_clients: int) -> None:

@@ -9,16 +9,11 @@ is not the target, triggered: the share the global model sends to the target.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Any
 
 import numpy as np
-from torch import nn
 
-from fedmpi.config import AttackConfig, ConfigError
-from fedmpi.data.sources import TextSplit
-
-if TYPE_CHECKING:
-    from fedmpi.experiment import Experiment
+from fedmpi.data.splits import TextSplit
 
 
 def _share(n: int, fraction: float) -> int:
@@ -43,7 +38,7 @@ def poisoned_indices(n: int, rate: float, seed: int, client: int) -> np.ndarray:
     return np.sort(rng.permutation(n)[: _share(n, rate)])
 
 
-def poison_split(split: TextSplit, attack: AttackConfig, idx: np.ndarray) -> TextSplit:
+def poison_split(split: TextSplit, attack: Any, idx: np.ndarray) -> TextSplit:
     texts = list(split.texts)
     labels = split.labels.copy()
     for i in idx:
@@ -52,7 +47,7 @@ def poison_split(split: TextSplit, attack: AttackConfig, idx: np.ndarray) -> Tex
     return TextSplit(texts, labels, split.texts_b)
 
 
-def triggered_test(test: TextSplit, attack: AttackConfig) -> TextSplit:
+def triggered_test(test: TextSplit, attack: Any) -> TextSplit:
     """Test samples whose true label is not the target, with the trigger inserted
     (labels kept: the ASR asks how many of them the model sends to the target)."""
     keep = np.flatnonzero(test.labels != attack.target_label)
@@ -64,7 +59,7 @@ def triggered_test(test: TextSplit, attack: AttackConfig) -> TextSplit:
 class Backdoor:
     """The data transform of malicious clients (FederatedData.transform)."""
 
-    def __init__(self, attack: AttackConfig, num_clients: int, seed: int) -> None:
+    def __init__(self, attack: Any, num_clients: int, seed: int) -> None:
         self.attack = attack
         self.seed = seed
         self.malicious = set(malicious_clients(num_clients, attack.malicious_fraction, seed))
@@ -74,36 +69,3 @@ class Backdoor:
             return split
         return poison_split(split, self.attack, poisoned_indices(len(split), self.attack.poison_rate,
                                                                  self.seed, client))
-
-
-def asr_evaluator(exp: "Experiment") -> Callable[[nn.Module], dict[str, float]]:
-    from fedmpi.algorithms.local import predict
-    from fedmpi.data.federated import Encoded
-
-    attack = exp.cfg.attack
-    triggered = triggered_test(exp.task.test, attack)
-    encoded = Encoded(triggered, exp.data.tokenizer, exp.data.max_length)
-
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        if len(encoded) == 0:
-            return {"attack_success_rate": float("nan")}
-        preds = predict(model, exp.data.test_batches(exp.cfg.train.eval_batch_size, encoded), exp.rt.device)
-        return {"attack_success_rate": float((preds == attack.target_label).float().mean())}
-
-    return evaluate
-
-
-def install(exp: "Experiment") -> None:
-    """Poison the malicious clients' data and report ASR at each evaluation."""
-    attack = exp.cfg.attack
-    if attack.malicious_fraction <= 0:
-        return
-    if not hasattr(exp.task.train, "texts"):
-        raise ConfigError("the backdoor attack inserts a trigger word: it needs a text dataset")
-    if not 0 <= attack.target_label < exp.task.num_labels:
-        raise ConfigError(f"attack.target_label {attack.target_label} is not a label of '{exp.task.name}' "
-                          f"(0..{exp.task.num_labels - 1})")
-    if not attack.trigger.strip():
-        raise ConfigError("attack.trigger must be a non-empty word")
-    exp.data.transform = Backdoor(attack, exp.cfg.federation.num_clients, exp.cfg.seed)
-    exp.evaluators.append(asr_evaluator(exp))

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedmpi.config import ConfigError, ModelConfig
+from fedmpi.errors import ConfigError
 
 TINY = "tiny-bert"
 MINILM = "minilm"
@@ -39,7 +39,7 @@ def _hub_hint(name: str, exc: Exception) -> ConfigError:
     return ConfigError(f"cannot load model '{name}': not a usable {where}{offline}: {type(exc).__name__}: {exc}")
 
 
-def load_tokenizer(cfg: ModelConfig):
+def load_tokenizer(cfg):
     from transformers import AutoTokenizer
 
     from fedmpi.models.vision import pixel_encoder, vision_kind
@@ -53,7 +53,7 @@ def load_tokenizer(cfg: ModelConfig):
         raise _hub_hint(path, exc) from None
 
 
-def tiny_config(cfg: ModelConfig, num_labels: int):
+def tiny_config(cfg, num_labels: int):
     from transformers import BertConfig
 
     return BertConfig(vocab_size=30522, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
@@ -62,7 +62,7 @@ def tiny_config(cfg: ModelConfig, num_labels: int):
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-def build_model(cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
+def build_model(cfg, num_labels: int, seed: int) -> nn.Module:
     """Same weights on every rank: pre-trained parts from disk, new parts
     (classifier, tiny models) from a generator seeded identically."""
     from transformers import AutoModelForSequenceClassification

@@ -1,49 +1,55 @@
 """Fine-tuning methods: which parameters train, and so which travel.
 
-`apply_method` is the seam between a backbone and federated training: after
-it, exactly the parameters with requires_grad form the state that clients
-download, train and upload. PEFT methods plug in here.
+A method is the seam between a backbone and federated training: after
+`apply`, exactly the parameters with requires_grad form the state that
+clients download, train and upload. Each method declares its options
+(`Options`, read from the config's `method` section); the names live in
+fedmpi.registry.METHODS.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from fedmpi.config import ConfigError, MethodConfig
-
-MethodFn = Callable[[nn.Module, MethodConfig], nn.Module]
-_METHODS: dict[str, MethodFn] = {}
+from fedmpi.options import option
 
 
-def register(name: str) -> Callable[[MethodFn], MethodFn]:
-    def deco(fn: MethodFn) -> MethodFn:
-        _METHODS[name] = fn
-        return fn
-    return deco
+@dataclass
+class MethodOptions:
+    name: str = option("full")
 
 
-@register("full")
-def full(model: nn.Module, cfg: MethodConfig) -> nn.Module:
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model
+class Method:
+    name: ClassVar[str] = "method"
+    Options: ClassVar[type] = MethodOptions
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        """Refuse a config this method cannot serve (from the config alone)."""
+
+    @classmethod
+    def apply(cls, model: nn.Module, opts: Any) -> nn.Module:
+        raise NotImplementedError
 
 
-def _load_builtin_methods() -> None:
-    try:  # PEFT methods live in their own module.
-        import fedmpi.models.peft_methods  # noqa: F401
-    except ModuleNotFoundError as exc:
-        if exc.name != "fedmpi.models.peft_methods":
-            raise
+class Full(Method):
+    """Full fine-tuning: every parameter trains and travels."""
+    name = "full"
+
+    @classmethod
+    def apply(cls, model: nn.Module, opts: Any) -> nn.Module:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
 
 
-def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
-    _load_builtin_methods()
-    if cfg.name not in _METHODS:
-        raise ConfigError(f"method '{cfg.name}' is not available; available: {', '.join(sorted(_METHODS))}")
-    return _METHODS[cfg.name](model, cfg)
+def apply_method(model: nn.Module, opts: Any) -> nn.Module:
+    from fedmpi.registry import METHODS
+
+    return METHODS.get(opts.name).apply(model, opts)
 
 
 def trainable(model: nn.Module) -> list[tuple[str, torch.Tensor]]:

@@ -8,13 +8,17 @@ range, an extra dependency not worth ~30 lines).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
-from fedmpi.config import ConfigError, MethodConfig
+from fedmpi.errors import ConfigError
 from fedmpi.metering.flops import svd_flops
-from fedmpi.models.methods import register
+from fedmpi.models.methods import Method, MethodOptions
 from fedmpi.models.sync import mark_synced
+from fedmpi.options import in_range, option, positive
 
 HEAD_NAMES = ("classifier", "score")  # sequence-classification heads of BERT/ViT/CLIP-with-head
 # BERT names -> the q/k/v/o names of ViT (transformers 5) and CLIP; first found wins
@@ -40,7 +44,7 @@ def train_head(model: nn.Module) -> None:
             p.requires_grad_(True)
 
 
-def _targets(model: nn.Module, cfg: MethodConfig) -> list[str]:
+def _targets(model: nn.Module, cfg: Any) -> list[str]:
     """LoRA targets as module-name suffixes, as peft matches them ("query",
     "attention.output.dense"); BERT names map to q/k/v/o_proj on ViT and CLIP."""
     modules = [n for n, _ in model.named_modules()]
@@ -57,11 +61,9 @@ def _targets(model: nn.Module, cfg: MethodConfig) -> list[str]:
     return targets
 
 
-def _lora(model: nn.Module, cfg: MethodConfig, init: bool | str) -> nn.Module:
+def _lora(model: nn.Module, cfg: Any, init: bool | str) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    if cfg.r <= 0:
-        raise ConfigError(f"method.r must be > 0, got {cfg.r}")
     lcfg = LoraConfig(r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=_targets(model, cfg), init_lora_weights=init,
                       modules_to_save=[n for n, _ in model.named_children() if n in HEAD_NAMES] or None)
@@ -77,38 +79,76 @@ def _freeze_saved_heads(peft_model: nn.Module) -> None:
             p.requires_grad_(False)
 
 
-@register("lora")
-def lora(model: nn.Module, cfg: MethodConfig) -> nn.Module:
+@dataclass
+class TrainsHead(MethodOptions):
+    train_head: bool = option(True, help="the new classifier head trains and travels too")
+
+
+@dataclass
+class LoraOptions(TrainsHead):
+    name: str = option("lora")
+    r: int = option(8, check=positive)
+    lora_alpha: float = option(16.0, check=positive)
+    lora_dropout: float = option(0.0, check=in_range(0, 1, high_open=True))
+    target_modules: list[str] = option(default_factory=lambda: ["query", "value"])
+
+
+class LoRA(Method):
     """peft LoRA on `target_modules` (default query/value) + the head."""
-    return _lora(model, cfg, True)
+    name = "lora"
+    Options = LoraOptions
+
+    @classmethod
+    def apply(cls, model: nn.Module, opts: Any) -> nn.Module:
+        return _lora(model, opts, True)
 
 
-@register("federa")
-def federa(model: nn.Module, cfg: MethodConfig) -> nn.Module:
+@dataclass
+class FederaOptions(LoraOptions):
+    name: str = option("federa")
+    pissa_niter: int | None = option(None, check=positive, help="fast randomised SVD iterations")
+
+
+class FeDeRA(Method):
     """FeDeRA: LoRA initialised from the SVD of the pre-trained weights (peft's
     PiSSA), base weights replaced by the residual so round-0 outputs are unchanged.
 
     The residual is a frozen tensor that differs from the checkpoint on disk, so it
     is marked for the one-off server->clients sync (ledger kind `init`)."""
-    if cfg.pissa_niter is not None and cfg.pissa_niter <= 0:
-        raise ConfigError(f"method.pissa_niter must be > 0, got {cfg.pissa_niter}")
-    init = "pissa" if cfg.pissa_niter is None else f"pissa_niter_{cfg.pissa_niter}"
-    peft_model = _lora(model, cfg, init)
-    params = dict(peft_model.named_parameters())
-    residual = [n for n in params if n.endswith("base_layer.weight")]
-    # one SVD per target weight; peft's randomised variant keeps rank r
-    flops = sum(svd_flops(*params[n].shape, rank=cfg.r, niter=cfg.pissa_niter) for n in residual)
-    return mark_synced(peft_model, residual, flops)
+    name = "federa"
+    Options = FederaOptions
+
+    @classmethod
+    def apply(cls, model: nn.Module, cfg: Any) -> nn.Module:
+        init = "pissa" if cfg.pissa_niter is None else f"pissa_niter_{cfg.pissa_niter}"
+        peft_model = _lora(model, cfg, init)
+        params = dict(peft_model.named_parameters())
+        residual = [n for n in params if n.endswith("base_layer.weight")]
+        # one SVD per target weight; peft's randomised variant keeps rank r
+        flops = sum(svd_flops(*params[n].shape, rank=cfg.r, niter=cfg.pissa_niter) for n in residual)
+        return mark_synced(peft_model, residual, flops)
 
 
-@register("prompt")
-def prompt(model: nn.Module, cfg: MethodConfig) -> nn.Module:
+@dataclass
+class PromptOptions(TrainsHead):
+    name: str = option("prompt")
+    num_virtual_tokens: int = option(20, check=positive)
+
+
+class PromptTuning(Method):
+    name = "prompt"
+    Options = PromptOptions
+
+    @classmethod
+    def apply(cls, model: nn.Module, opts: Any) -> nn.Module:
+        return prompt(model, opts)
+
+
+def prompt(model: nn.Module, cfg: Any) -> nn.Module:
     """FedPrompt: `num_virtual_tokens` soft prompt embeddings at the input (peft
     prompt tuning); the head travels too unless method.train_head=false."""
     from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
-    if cfg.num_virtual_tokens <= 0:
-        raise ConfigError(f"method.num_virtual_tokens must be > 0, got {cfg.num_virtual_tokens}")
     if _patch_embeddings(model) is not None:
         return visual_prompt(model, cfg)
     # Prompts start as embeddings of random vocabulary tokens: peft's default
@@ -142,7 +182,7 @@ def _patch_embeddings(model: nn.Module) -> nn.Module | None:
     return None
 
 
-def visual_prompt(model: nn.Module, cfg: MethodConfig) -> nn.Module:
+def visual_prompt(model: nn.Module, cfg: Any) -> nn.Module:
     freeze(model)
     embeddings = _patch_embeddings(model)
     hidden = model.config.vision_config.hidden_size if hasattr(model.config, "vision_config") \
@@ -186,11 +226,23 @@ def _adapter_sites(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return sites
 
 
-@register("adapter")
-def adapter(model: nn.Module, cfg: MethodConfig) -> nn.Module:
+@dataclass
+class AdapterOptions(TrainsHead):
+    name: str = option("adapter")
+    adapter_size: int = option(64, check=positive)
+
+
+class Adapter(Method):
+    name = "adapter"
+    Options = AdapterOptions
+
+    @classmethod
+    def apply(cls, model: nn.Module, opts: Any) -> nn.Module:
+        return adapter(model, opts)
+
+
+def adapter(model: nn.Module, cfg: Any) -> nn.Module:
     """Bottleneck adapters (size `adapter_size`) after attention and FFN + the head."""
-    if cfg.adapter_size <= 0:
-        raise ConfigError(f"method.adapter_size must be > 0, got {cfg.adapter_size}")
     sites = _adapter_sites(model)
     if not sites:
         raise ConfigError(f"no attention/FFN output projections found in {type(model).__name__} for adapters")
@@ -206,21 +258,39 @@ def adapter(model: nn.Module, cfg: MethodConfig) -> nn.Module:
     return model
 
 
-@register("bitfit")
-def bitfit(model: nn.Module, cfg: MethodConfig) -> nn.Module:
+@dataclass
+class BitFitOptions(TrainsHead):
+    name: str = option("bitfit")
+
+
+class BitFit(Method):
     """BitFit: every bias term, plus the (new) head."""
-    freeze(model)
-    for name, p in model.named_parameters():
-        if name.endswith("bias"):
-            p.requires_grad_(True)
-    if cfg.train_head:
-        train_head(model)
-    return model
+    name = "bitfit"
+    Options = BitFitOptions
+
+    @classmethod
+    def apply(cls, model: nn.Module, cfg: Any) -> nn.Module:
+        freeze(model)
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.requires_grad_(True)
+        if cfg.train_head:
+            train_head(model)
+        return model
 
 
-@register("head")
-def head(model: nn.Module, cfg: MethodConfig) -> nn.Module:
+@dataclass
+class HeadOptions(MethodOptions):
+    name: str = option("head")
+
+
+class Head(Method):
     """Linear probing: the classifier head only."""
-    freeze(model)
-    train_head(model)
-    return model
+    name = "head"
+    Options = HeadOptions
+
+    @classmethod
+    def apply(cls, model: nn.Module, cfg: Any) -> nn.Module:
+        freeze(model)
+        train_head(model)
+        return model

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from fedmpi.config import ConfigError
+from fedmpi.errors import ConfigError
 
 Batch = dict[str, torch.Tensor]
 

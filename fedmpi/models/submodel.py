@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fedmpi.config import ConfigError
+from fedmpi.errors import ConfigError
 from fedmpi.metering.flops import FlopMeter, shape_key
 
 

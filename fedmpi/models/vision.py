@@ -11,14 +11,14 @@ from pathlib import Path
 
 from torch import nn
 
-from fedmpi.config import ConfigError, ModelConfig
+from fedmpi.errors import ConfigError
 from fedmpi.data.images import PixelEncoder
 
 TINY_VIT, TINY_CLIP = "tiny-vit", "tiny-clip"
 TINY_PATCH = 7
 
 
-def _tiny_sizes(cfg: ModelConfig) -> dict:
+def _tiny_sizes(cfg) -> dict:
     return dict(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
                 intermediate_size=cfg.intermediate_size, image_size=cfg.image_size, patch_size=TINY_PATCH,
                 num_channels=1)
@@ -38,7 +38,7 @@ def _pretrained_kind(name: str) -> str | None:
     return "vit" if kind == "vit" else "clip" if kind.startswith("clip") else None
 
 
-def vision_kind(cfg: ModelConfig) -> str | None:
+def vision_kind(cfg) -> str | None:
     if cfg.name == TINY_VIT:
         return "vit"
     if cfg.name == TINY_CLIP:
@@ -46,7 +46,7 @@ def vision_kind(cfg: ModelConfig) -> str | None:
     return _pretrained_kind(cfg.name)
 
 
-def pixel_encoder(cfg: ModelConfig) -> PixelEncoder:
+def pixel_encoder(cfg) -> PixelEncoder:
     """The 'tokenizer' of a vision model: its input size, channels and normalisation."""
     if cfg.name in (TINY_VIT, TINY_CLIP):
         return PixelEncoder(cfg.image_size, 1)
@@ -57,7 +57,7 @@ def pixel_encoder(cfg: ModelConfig) -> PixelEncoder:
     return PixelEncoder(conf.image_size, conf.num_channels)
 
 
-def build_vision(cfg: ModelConfig, num_labels: int) -> nn.Module:
+def build_vision(cfg, num_labels: int) -> nn.Module:
     """Caller seeds torch first, so new heads are identical on every rank."""
     return _drop_unused(_build(cfg, num_labels))
 
@@ -70,7 +70,7 @@ def _drop_unused(model: nn.Module) -> nn.Module:
     return model
 
 
-def _build(cfg: ModelConfig, num_labels: int) -> nn.Module:
+def _build(cfg, num_labels: int) -> nn.Module:
     from transformers import CLIPConfig, CLIPForImageClassification, ViTConfig, ViTForImageClassification
 
     kind = vision_kind(cfg)

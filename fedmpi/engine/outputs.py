@@ -61,6 +61,9 @@ class RunWriter:
         torch.save(state, buf)
         atomic_write_bytes(self.dir / CHECKPOINT, buf.getvalue())
 
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.dir)
+
     def close(self) -> None:
         self._metrics.close()
 

@@ -1,0 +1,62 @@
+"""Local work shared by algorithms: the optimizer and a metered training loop.
+
+The loss and the sample count of a batch are the task's; the FLOPs of every
+forward + backward are the meter's (one count per batch shape, cached).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from fedmpi.metering.flops import FlopMeter, shape_key
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+
+
+def make_optimizer(params: list[torch.Tensor], cfg) -> torch.optim.Optimizer:
+    """The client optimizer of `train` (TrainConfig): AdamW or SGD."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@dataclass
+class LocalStats:
+    """What one client's local work reports to the engine."""
+    num_samples: int = 0  # samples processed
+    loss_sum: float = 0.0  # sum over processed samples of the training loss
+    flops: int = 0
+
+    def add(self, n: int, loss: float, flops: int) -> None:
+        self.num_samples += n
+        self.loss_sum += loss * n
+        self.flops += flops
+
+
+def train_steps(model: nn.Module, batches: Iterable[Batch], optimizer: torch.optim.Optimizer,
+                meter: FlopMeter, device: torch.device, loss_fn: LossFn, samples: Callable[[Batch], int],
+                tag: str = "train", stats: LocalStats | None = None) -> LocalStats:
+    """Forward, backward and step on each batch; FLOPs of fwd+bwd are metered."""
+    model.train()
+    stats = stats or LocalStats()
+    for batch in batches:
+        batch = to_device(batch, device)
+        optimizer.zero_grad(set_to_none=True)
+
+        def step() -> torch.Tensor:
+            loss = loss_fn(model, batch)
+            loss.backward()
+            return loss
+
+        loss, flops = meter.run((tag, id(model), shape_key(batch)), step)
+        optimizer.step()
+        stats.add(samples(batch), float(loss.detach()), flops)
+    return stats

@@ -1,0 +1,1 @@
+"""Engine plug-ins: the backdoor attack, the initial sync of derived weights, experiment trackers."""

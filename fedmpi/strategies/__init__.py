@@ -1,0 +1,1 @@
+"""Strategies: how the server turns client updates into the next global state."""

@@ -1,0 +1,60 @@
+"""The task seam: a task owns its data layout, its model head, how a batch is
+built, its loss and its evaluation metrics. The engine and every algorithm
+go through these methods only, so a new task (causal-LM instruction tuning,
+regression) plugs in without touching them.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmpi.data.splits import Dataset
+from fedmpi.options import NoOptions
+
+Batch = dict[str, torch.Tensor]
+
+
+class Task:
+    name: ClassVar[str] = "task"
+    Options: ClassVar[type] = NoOptions
+    score: ClassVar[str] = "accuracy"  # the metric summaries report as final / best (higher is better)
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        """Refuse a config this task cannot serve, from the config alone."""
+
+    # -- data -------------------------------------------------------------
+    def load_data(self) -> Dataset:
+        raise NotImplementedError
+
+    def partition(self, dataset: Dataset) -> list[np.ndarray]:
+        """Each client's training sample indices."""
+        raise NotImplementedError
+
+    def tokenizer(self) -> Any:
+        raise NotImplementedError
+
+    def encoder(self, tokenizer: Any) -> Callable[[Any], Any]:
+        """split -> an encoding with `len()` and `batch(indices)`."""
+        raise NotImplementedError
+
+    # -- model --------------------------------------------------------------
+    def build_model(self, dataset: Dataset) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return model(**batch).loss
+
+    def samples(self, batch: Batch) -> int:
+        """How many samples a batch holds (the weight of its loss)."""
+        return int(batch["labels"].shape[0])
+
+    # -- scoring ------------------------------------------------------------
+    def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
+        raise NotImplementedError

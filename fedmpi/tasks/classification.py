@@ -1,0 +1,66 @@
+"""Sequence classification (text or images): the first task.
+
+A Hugging Face `...ForSequenceClassification` (or ViT/CLIP image classifier)
+with a fresh head of the dataset's label count; cross-entropy loss; accuracy
+and mean loss on the test split.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmpi.data.federated import Encoded
+from fedmpi.data.partition import partition
+from fedmpi.data.sources import load_dataset
+from fedmpi.data.splits import Dataset
+from fedmpi.engine.training import to_device
+from fedmpi.models.backbone import build_model, load_tokenizer
+from fedmpi.tasks.base import Batch, Task
+
+
+class Classification(Task):
+    name = "classification"
+    score = "accuracy"
+
+    def load_data(self) -> Dataset:
+        return load_dataset(self.cfg.data, self.cfg.seed)
+
+    def partition(self, dataset: Dataset) -> list[np.ndarray]:
+        d = self.cfg.data
+        return partition(dataset.train.labels, self.cfg.federation.num_clients, d.partition, alpha=d.alpha,
+                         shards_per_client=d.shards_per_client, seed=self.cfg.seed)
+
+    def tokenizer(self) -> Any:
+        return load_tokenizer(self.cfg.model)
+
+    def encoder(self, tokenizer: Any) -> Callable[[Any], Any]:
+        max_length = self.cfg.model.max_length
+        if hasattr(tokenizer, "encode_split"):  # image models: a pixel encoder stands in for the tokenizer
+            return lambda split: tokenizer.encode_split(split, max_length)
+        return lambda split: Encoded(split, tokenizer, max_length)
+
+    def build_model(self, dataset: Dataset) -> nn.Module:
+        return build_model(self.cfg.model, dataset.num_labels, self.cfg.seed)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
+        """Accuracy and mean loss of the classifier over batches."""
+        model.eval()
+        correct = total = 0
+        loss_sum = 0.0
+        for batch in batches:
+            batch = to_device(batch, device)
+            out = model(**batch)
+            n = int(batch["labels"].shape[0])
+            correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+            loss_sum += float(out.loss) * n
+            total += n
+        return {"accuracy": correct / max(1, total), "test_loss": loss_sum / max(1, total)}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> torch.Tensor:
+        model.eval()
+        return torch.cat([model(**to_device(b, device)).logits.argmax(-1).cpu() for b in batches])
