@@ -51,9 +51,9 @@ def _worker_state(config: str, overrides: list[str]) -> dict:
 
         cfg = load_config(config, overrides)
         prep = prepare(cfg)
-        data = FederatedData(prep.task, prep.parts, prep.tokenizer, cfg.model.max_length, cfg.seed)
+        data = FederatedData(prep.dataset, prep.parts, prep.task.encoder(prep.tokenizer), cfg.seed)
         params = [p for _, p in trainable(prep.model)]
-        _STATE.update(key=key, cfg=cfg, model=prep.model, data=data, params=params)
+        _STATE.update(key=key, cfg=cfg, model=prep.model, data=data, params=params, task=prep.task)
     return _STATE
 
 
@@ -63,8 +63,7 @@ def run_flower(config: str, out: str, overrides: list[str]) -> None:
     from flwr.server.strategy import FedAvg
 
     from bench.plain_loop import train_client
-    from fedmpi.algorithms.aggregate import sample_clients
-    from fedmpi.algorithms.local import evaluate
+    from fedmpi.engine.sampling import sample_clients
     from fedmpi.net.flat import flatten, unflatten_into
 
     import psutil
@@ -112,7 +111,7 @@ def run_flower(config: str, out: str, overrides: list[str]) -> None:
         final["state"] = flat
         final["last_round_end"] = time.time()  # the round loop's end, before Ray's teardown
         unflatten_into(flat, st["params"])
-        ev = evaluate(st["model"], st["data"].test_batches(cfg.train.eval_batch_size), torch.device("cpu"))
+        ev = st["task"].evaluate(st["model"], st["data"].test_batches(cfg.train.eval_batch_size), torch.device("cpu"))
         return ev["test_loss"], {"accuracy": ev["accuracy"]}
 
     def fit_metrics(results):

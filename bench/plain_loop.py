@@ -22,7 +22,7 @@ import torch
 
 def train_client(model, params, data, cfg, rnd: int, client: int) -> tuple[int, float]:
     """One client's local steps from the parameters now loaded: (samples, loss sum)."""
-    from fedmpi.algorithms.local import make_optimizer, to_device
+    from fedmpi.engine.training import make_optimizer, to_device
     from fedmpi.seeding import seed_torch
 
     seed_torch(cfg.seed, rnd, client)
@@ -43,8 +43,7 @@ def train_client(model, params, data, cfg, rnd: int, client: int) -> tuple[int, 
 
 
 def plain_fedavg(config: str, overrides: list[str]) -> dict:
-    from fedmpi.algorithms.aggregate import sample_clients
-    from fedmpi.algorithms.local import evaluate
+    from fedmpi.engine.sampling import sample_clients
     from fedmpi.config import load_config
     from fedmpi.data.federated import FederatedData
     from fedmpi.experiment import prepare
@@ -53,7 +52,7 @@ def plain_fedavg(config: str, overrides: list[str]) -> dict:
 
     cfg = load_config(config, overrides)
     prep = prepare(cfg)
-    data = FederatedData(prep.task, prep.parts, prep.tokenizer, cfg.model.max_length, cfg.seed)
+    data = FederatedData(prep.dataset, prep.parts, prep.task.encoder(prep.tokenizer), cfg.seed)
     model = prep.model
     params = [p for _, p in trainable(model)]
     fed = cfg.federation
@@ -73,7 +72,7 @@ def plain_fedavg(config: str, overrides: list[str]) -> dict:
         glob = (acc / weight).to(glob.dtype)
         loss = loss_w / weight
     unflatten_into(glob, params)
-    ev = evaluate(model, data.test_batches(cfg.train.eval_batch_size), torch.device("cpu"))
+    ev = prep.task.evaluate(model, data.test_batches(cfg.train.eval_batch_size), torch.device("cpu"))
     return {"state": glob, "final_loss": loss, **ev}
 
 

@@ -15,7 +15,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -30,11 +29,17 @@ class RawLink(Link):
     def charge(self, client: int, direction: str, kind: str, nbytes: int) -> float:
         return 0.0
 
+    def charge_compute(self, client: int, flops: int) -> float:
+        return 0.0
+
+    def charge_server(self, kind: str, flops: int) -> float:
+        return 0.0
+
     def broadcast(self, tensor, *, kind, clients):
         dist.broadcast(tensor, src=0)
         return tensor
 
-    def reduce(self, tensor, *, kind, bytes_per_client, clients):
+    def reduce(self, tensor, *, kind, uploads):
         self.sum_to_server(tensor)
         return tensor
 
@@ -57,34 +62,28 @@ def _write(rt, out: str, obj) -> None:
         Path(out).write_text(json.dumps(obj, indent=1))
 
 
-def bypass(exp) -> None:
-    """Swap out an Experiment's instrumentation: a Link that only moves data,
-    a disabled FLOP meter, and a ledger that keeps nothing once outputs open."""
+def bypass(engine) -> None:
+    """Swap out an engine's instrumentation: a Link that only moves data,
+    a disabled FLOP meter, and a ledger that keeps nothing."""
     from fedmpi.metering.flops import FlopMeter
 
-    exp.meter = FlopMeter(enabled=False)
-    exp.link = RawLink(exp.rt, exp.profiles, exp.link.clock, None)
-    opened = exp._open_outputs
-
-    def open_null(ck):
-        opened(ck)
-        exp.ledger.close()
-        exp.ledger = NullLedger(None)
-        exp.link.ledger = None
-
-    exp._open_outputs = open_null
+    ctx = engine.ctx
+    ctx.meter = FlopMeter(enabled=False)
+    ctx.link.__class__ = RawLink
+    if ctx.link.ledger is not None:
+        ctx.link.ledger = NullLedger(None)
 
 
 def run_overhead(out: str, reps: int, config: str, overrides: list[str]) -> None:
-    """Instrumented and bypassed Experiment.run alternating inside one job:
+    """Instrumented and bypassed engine runs alternating inside one job:
     the same warm processes, so process start-up and machine drift cancel.
-    Each run gets a fresh Experiment (fresh FLOP meter: its per-shape counts
+    Each run gets a fresh engine (fresh FLOP meter: its per-shape counts
     are paid again) from the same initial weights; one untimed pair warms up."""
     import copy
     import dataclasses
 
     from fedmpi.config import load_config
-    from fedmpi.experiment import Experiment, prepare
+    from fedmpi.experiment import build, prepare
     from fedmpi.runtime import init_runtime, shutdown
 
     cfg = load_config(config, overrides)
@@ -95,7 +94,7 @@ def run_overhead(out: str, reps: int, config: str, overrides: list[str]) -> None
     for rep in range(reps + 1):
         for mode in (("instrumented", "bypassed") if rep % 2 == 0 else ("bypassed", "instrumented")):
             prep.model.load_state_dict(init)
-            exp = Experiment(dataclasses.replace(cfg, name=f"{mode}{rep}"), rt, prep)
+            exp = build(dataclasses.replace(cfg, name=f"{mode}{rep}"), rt, prep)
             if mode == "bypassed":
                 bypass(exp)
             dist.barrier()
@@ -103,7 +102,7 @@ def run_overhead(out: str, reps: int, config: str, overrides: list[str]) -> None
             summary = exp.run()
             took = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
             dist.all_reduce(took, op=dist.ReduceOp.MAX)
-            counted = torch.tensor([exp.meter.counted_calls], dtype=torch.int64)
+            counted = torch.tensor([exp.ctx.meter.counted_calls], dtype=torch.int64)
             dist.all_reduce(counted)
             if rep and rt.is_server:
                 runs.append({"mode": mode, "rep": rep, "run_s": float(took), "counted_calls": int(counted),
@@ -115,7 +114,7 @@ def run_overhead(out: str, reps: int, config: str, overrides: list[str]) -> None
 def run_aggregate(out: str, numel: int, reps: int, per_rank: int) -> None:
     """fedmpi's Aggregator (float64 and float32) vs raw collectives of the
     same flat fp32 buffer, interleaved, on the same ranks."""
-    from fedmpi.algorithms.aggregate import Aggregator, ClientResult
+    from fedmpi.engine.aggregate import Aggregator, ClientUpdate
     from fedmpi.config import ExperimentConfig, RuntimeConfig
     from fedmpi.net.clock import VirtualClock
     from fedmpi.net.profiles import PRESETS
@@ -125,23 +124,24 @@ def run_aggregate(out: str, numel: int, reps: int, per_rank: int) -> None:
     sampled = list(range(per_rank * rt.num_client_ranks))
     n = len(sampled)
     ledger = Ledger(None) if rt.is_server else None
-    link = Link(rt, [PRESETS["datacenter"]] * n, VirtualClock(), ledger)
+    link = Link(rt, [PRESETS["datacenter"]] * n, VirtualClock(), [1e10] * n, 1e12, ledger=ledger)
     g = torch.Generator().manual_seed(rt.rank)
     states = {c: torch.randn(numel, generator=g) for c in rt.clients_here(sampled)}
     raw = torch.randn(numel, generator=g)
 
-    def exp_for(dtype: str):
+    def fed_for(dtype: str):
         cfg = ExperimentConfig()
         cfg.federation.aggregation_dtype = dtype
         cfg.federation.clients_per_round = n
-        return SimpleNamespace(cfg=cfg, rt=rt, link=link, ledger=ledger, speeds=[1e10] * n, server_speed=1e12, buffers={})
+        return cfg.federation
 
-    exps = {"fedmpi float64": exp_for("float64"), "fedmpi float32": exp_for("float32")}
+    feds = {"fedmpi float64": fed_for("float64"), "fedmpi float32": fed_for("float32")}
+    buffers: dict = {}
 
     def fedmpi(name: str) -> None:
-        agg = Aggregator(exps[name], sampled, numel, numel * 4, kind="update")
+        agg = Aggregator(link, feds[name], buffers, sampled, numel, kind=name)
         for c, s in states.items():
-            agg.add(ClientResult(c, s, num_samples=10 + c, loss_sum=1.0, flops=1000))
+            agg.add(ClientUpdate(c, s, num_samples=10 + c, loss_sum=1.0, flops=1000, up_bytes=numel * 4))
         agg.finish()
         if ledger is not None:
             ledger.close_round(0)

@@ -67,10 +67,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.ranks < 2:
         raise ConfigError(f"fedmpi needs at least 2 ranks (1 server + clients), got -n {args.ranks}")
-    from fedmpi.registry import TASKS
+    from fedmpi.experiment import preflight
 
-    task = TASKS.get(cfg.task)(cfg)  # data errors now, printed once, not once per rank
-    task.partition(task.load_data())
+    preflight(cfg)  # data and plug-in errors now, printed once, not once per rank
     argv = [args.config] + [x for kv in args.overrides for x in ("--set", kv)]
     argv += ["--resume"] if args.resume else []
     cmd, env = launch_command(find_mpiexec(args.mpiexec), args.ranks, argv)

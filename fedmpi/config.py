@@ -18,7 +18,7 @@ import yaml
 
 from fedmpi.errors import ConfigError
 from fedmpi.options import at_least, build, in_range, option, positive, resumable
-from fedmpi.registry import ALGORITHMS, CODECS, METHODS, PARTITIONS, TASKS
+from fedmpi.registry import ALGORITHMS, CODECS, METHODS, PARTITIONS, SERVER_STRATEGIES, TASKS
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "config_from_dict", "dump_config"]
 
@@ -140,6 +140,12 @@ def _codec_default() -> Any:
 
 
 @dataclass
+class StrategyConfig:
+    """How the server turns client updates into the next global state."""
+    server: Any = option(default_factory=lambda: SERVER_STRATEGIES.get("fedavg").Options(), select=SERVER_STRATEGIES)
+
+
+@dataclass
 class StateConfig:
     """Per-client state kept between rounds (codec residuals, control variates)."""
     memory_mb: float = option(256.0, check=positive, resume=True, help="in memory on the server; the rest spills")
@@ -171,8 +177,8 @@ def _method_default() -> Any:
 class ExperimentConfig:
     name: str = option("quickstart")
     seed: int = option(0)
-    algorithm: str = option("fedavg", choices=ALGORITHMS.names)
-    task: str = option("classification", choices=TASKS.names)
+    algorithm: str = option("fedavg")
+    task: str = option("classification")
     model: ModelConfig = option(default_factory=ModelConfig)
     data: DataConfig = option(default_factory=DataConfig)
     federation: FederationConfig = option(default_factory=FederationConfig)
@@ -182,6 +188,7 @@ class ExperimentConfig:
     compute: ComputeConfig = option(default_factory=ComputeConfig)
     attack: AttackConfig = option(default_factory=AttackConfig)
     transport: TransportConfig = option(default_factory=TransportConfig)
+    strategy: StrategyConfig = option(default_factory=StrategyConfig)
     state: StateConfig = option(default_factory=StateConfig)
     runtime: RuntimeConfig = option(default_factory=RuntimeConfig)
     output: OutputConfig = option(default_factory=OutputConfig)
@@ -201,6 +208,7 @@ class ExperimentConfig:
         if fed.clients_per_round > fed.num_clients:
             raise ConfigError(f"federation.clients_per_round ({fed.clients_per_round}) > "
                               f"federation.num_clients ({fed.num_clients})")
+        TASKS.get(self.task).check(self)
         ALGORITHMS.get(self.algorithm).check(self)
         METHODS.get(self.method.name).check(self)
 

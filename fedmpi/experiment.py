@@ -28,11 +28,11 @@ from fedmpi.net.clock import make_clock
 from fedmpi.net.codec import Transport
 from fedmpi.net.link import Link
 from fedmpi.net.profiles import client_profiles, client_speeds
-from fedmpi.plugins import backdoor
+from fedmpi.plugins import backdoor, tracker
 from fedmpi.plugins.init_sync import InitialSync
-from fedmpi.registry import ALGORITHMS, TASKS
+from fedmpi.registry import ALGORITHMS, SERVER_STRATEGIES, TASKS
 from fedmpi.runtime import Runtime
-from fedmpi.state.store import ClientState, ClientStateStore
+from fedmpi.state.store import ClientState, ClientStateStore, return_freed_memory_promptly
 from fedmpi.tasks.base import Task
 
 
@@ -46,12 +46,20 @@ class Prepared:
     model: nn.Module
 
 
-def prepare(cfg: ExperimentConfig) -> Prepared:
-    algorithm = ALGORITHMS.get(cfg.algorithm)
+def preflight(cfg: ExperimentConfig) -> tuple[Task, Dataset, list[np.ndarray]]:
+    """Every check that needs the data but no model: the launcher runs it once
+    before starting any rank, and `prepare` on every rank."""
     task = TASKS.get(cfg.task)(cfg)
     dataset = task.load_data()
     parts = task.partition(dataset)
     backdoor.check(cfg.attack, dataset)
+    tracker.check(cfg.output.tracker)
+    return task, dataset, parts
+
+
+def prepare(cfg: ExperimentConfig) -> Prepared:
+    algorithm = ALGORITHMS.get(cfg.algorithm)
+    task, dataset, parts = preflight(cfg)
     tokenizer = task.tokenizer()
     model = task.build_model(dataset)
     if not algorithm.builds_own_method:
@@ -81,13 +89,17 @@ def build(cfg: ExperimentConfig, rt: Runtime, prep: Prepared, resume: bool = Fal
         plugins.append(backdoor.BackdoorAttack(ctx))
     store = None
     if rt.is_server and uses_state:
+        return_freed_memory_promptly()
         store = ClientStateStore(int(cfg.state.memory_mb * 2**20), writer.dir / "client_state",
                                  keep_superseded=cfg.output.checkpoint)
-    engine = SyncEngine(ctx, algorithm, callbacks=plugins, writer=writer, store=store, checkpoint=ck)
+    strategy = SERVER_STRATEGIES.get(cfg.strategy.server.name)(cfg.strategy.server)
+    engine = SyncEngine(ctx, algorithm, strategy, callbacks=plugins, writer=writer, store=store, checkpoint=ck)
     if writer is not None:
         engine.callbacks.append(MetricsLog(writer, ledger))
         if cfg.output.checkpoint:
             engine.callbacks.append(Checkpointer(writer, engine.checkpoint_state))
+        if cfg.output.tracker:
+            engine.callbacks.append(tracker.make_tracker(cfg, writer.dir))
         if cfg.output.progress:
             engine.callbacks.append(Progress(cfg.name, cfg.federation.rounds, prep.task.score))
     return engine

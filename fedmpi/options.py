@@ -223,6 +223,15 @@ def build_selected(f: dataclasses.Field, registry: Any, value: Any, siblings: di
     cls = registry.get(name)
     opts = getattr(cls, "Options", NoOptions)
     what = f"{registry.key} '{name}'"
+    known = {x.name for x in dataclasses.fields(opts)}
+    for k in value:
+        if k not in known:
+            owners = [other for other in registry.names() if other != name
+                      and k in {x.name for x in dataclasses.fields(getattr(registry.get(other), "Options", NoOptions))}]
+            if owners:
+                raise ConfigError(f"config key '{key}.{k}' does not apply to {what}: it is an option of "
+                                  f"{' and '.join(repr(o) for o in owners)}; {what} takes: "
+                                  f"{', '.join(f'{key}.{n}' for n in sorted(known)) or 'no options'}")
     return build(opts, value, f"{key}.", what=what)
 
 

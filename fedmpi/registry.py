@@ -24,6 +24,13 @@ class Registry:
         return tuple(self.entries)
 
     def get(self, name: str) -> Any:
+        """The entry `name`, or any importable "module:attribute" (a user's or a test's plug-in)."""
+        if name not in self.entries and ":" in name:
+            module, attr = name.split(":", 1)
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as exc:
+                raise ConfigError(f"{self.key} '{name}': cannot import it ({exc})") from None
         if name not in self.entries:
             raise ConfigError(f"unknown {self.key} '{name}'{_closest(name, self.entries)}; "
                               f"choose one of: {', '.join(self.entries)}")
@@ -57,6 +64,11 @@ TASKS = Registry("task", {
 # How a message is encoded on the wire; the ledger charges the encoded bytes.
 CODECS = Registry("transport codec", {
     "fp32": "fedmpi.net.codec:Identity",
+})
+
+# What the server does with the round's mean update (strategy.server).
+SERVER_STRATEGIES = Registry("strategy.server", {
+    "fedavg": "fedmpi.strategies.base:ServerStrategy",
 })
 
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity")

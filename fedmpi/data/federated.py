@@ -17,6 +17,10 @@ ClientTransform = Callable[[int, TextSplit], TextSplit]
 Encode = Callable[[object], "Encoded"]  # a split -> its batchable encoding (the task's)
 
 
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 class Encoded:
     """A tokenised split: variable-length ids, padded per batch to a multiple of 8
     (few distinct shapes, so FLOP counts cache well)."""

@@ -45,10 +45,10 @@ class Context:
         return make_optimizer(params, self.cfg.train)
 
     def train(self, model: nn.Module, batches, optimizer: torch.optim.Optimizer, tag: str = "train",
-              stats: LocalStats | None = None) -> LocalStats:
-        """The metered local loop with the task's loss."""
-        return train_steps(model, batches, optimizer, self.meter, self.device, self.task.loss, self.task.samples,
-                           tag=tag, stats=stats)
+              stats: LocalStats | None = None, loss=None) -> LocalStats:
+        """The metered local loop with the task's loss (or `loss(model, batch)`)."""
+        return train_steps(model, batches, optimizer, self.meter, self.device, loss or self.task.loss,
+                           self.task.samples, tag=tag, stats=stats)
 
     def live(self, rnd: int, sampled: list[int]) -> list[int]:
         """Sampled clients that do not drop out this round (every rank can tell)."""

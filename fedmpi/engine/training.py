@@ -11,7 +11,10 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from fedmpi.data.federated import to_device
 from fedmpi.metering.flops import FlopMeter, shape_key
+
+__all__ = ["Batch", "LocalStats", "make_optimizer", "to_device", "train_steps"]
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -22,10 +25,6 @@ def make_optimizer(params: list[torch.Tensor], cfg) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 @dataclass

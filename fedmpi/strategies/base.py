@@ -7,17 +7,24 @@ robust aggregators and DP plug in here.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from fedmpi.net.flat import unflatten_into
-from fedmpi.options import NoOptions
+from fedmpi.options import option
+
+
+@dataclass
+class ServerOptions:
+    name: str = option("fedavg")
 
 
 class ServerStrategy:
+    """FedAvg: the mean of the arrived clients' states is the next global state."""
     name: ClassVar[str] = "fedavg"
-    Options: ClassVar[type] = NoOptions
+    Options: ClassVar[type] = ServerOptions
 
     def __init__(self, options: Any = None) -> None:
         self.options = options

@@ -20,7 +20,8 @@ Batch = dict[str, torch.Tensor]
 class Task:
     name: ClassVar[str] = "task"
     Options: ClassVar[type] = NoOptions
-    score: ClassVar[str] = "accuracy"  # the metric summaries report as final / best (higher is better)
+    score: ClassVar[str] = "accuracy"  # the metric summaries report as final_<score> / best_<score>
+    higher_is_better: ClassVar[bool] = True
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

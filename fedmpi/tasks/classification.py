@@ -12,11 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedmpi.data.federated import Encoded
+from fedmpi.data.federated import Encoded, to_device
 from fedmpi.data.partition import partition
 from fedmpi.data.sources import load_dataset
 from fedmpi.data.splits import Dataset
-from fedmpi.engine.training import to_device
 from fedmpi.models.backbone import build_model, load_tokenizer
 from fedmpi.tasks.base import Batch, Task
 

@@ -2,7 +2,6 @@
 ends the whole job quickly; a checkpointed run resumes to the same result."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -79,7 +78,7 @@ def test_sigkill_ends_the_job_and_resume_matches(tmp_path, rank):
 
 
 def test_dropout_renormalises_over_arrived_clients(tmp_path):
-    from fedmpi.algorithms.aggregate import drops_out, sample_clients
+    from fedmpi.engine.sampling import drops_out, sample_clients
 
     run = launch(tmp_path, 3, "federation.rounds=3", "federation.dropout=0.4")
     assert_ok(run)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 START = ROOT / "scripts" / "slurm-local" / "start.sh"
 STOP = ROOT / "scripts" / "slurm-local" / "stop.sh"
 TINY = ROOT / "configs" / "tiny.yaml"

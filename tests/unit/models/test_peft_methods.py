@@ -3,14 +3,25 @@ parameter counts, and outputs at initialisation (FeDeRA, adapters)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
-from fedmpi.config import ConfigError, MethodConfig, ModelConfig
+from fedmpi.config import ModelConfig
+from fedmpi.errors import ConfigError
 from fedmpi.models.backbone import build_model, load_tokenizer
 from fedmpi.models.methods import apply_method, trainable
 from fedmpi.models.sync import FLOPS_ATTR, SYNC_ATTR, model_digest
+from fedmpi.options import build
+from fedmpi.registry import METHODS
+
+
+def MethodConfig(name: str, **kw):
+    """The `method` section for `name`, keeping only the keys that method declares."""
+    cls = METHODS.get(name).Options
+    known = {f.name for f in dataclasses.fields(cls)}
+    return build(cls, {"name": name, **{k: v for k, v in kw.items() if k in known}}, "method.")
 
 TINY = ModelConfig(name="tiny-bert")  # hidden 32, 2 layers, FFN 64
 H, LAYERS, LABELS = 32, 2, 2
@@ -78,8 +89,8 @@ def test_federa_randomised_svd_option():
     exact = apply_method(tiny(), MethodConfig(name="federa", r=4))
     assert getattr(exact, FLOPS_ATTR) == LAYERS * 2 * 26 * H ** 3
     assert 0 < getattr(m, FLOPS_ATTR) < getattr(exact, FLOPS_ATTR) / 5
-    with pytest.raises(ConfigError, match="pissa_niter"):
-        apply_method(tiny(), MethodConfig(name="federa", pissa_niter=0))
+    with pytest.raises(ConfigError, match="method.pissa_niter must be > 0"):
+        MethodConfig(name="federa", pissa_niter=0)
 
 
 def test_prompt_trains_prompt_and_head(batch):
@@ -145,15 +156,16 @@ def test_vision_methods(backbone, method):
 
 
 def test_mnist_task_and_pixels(shared_data):
-    from fedmpi.config import DataConfig
+    from fedmpi.config import load_config
     from fedmpi.data.federated import FederatedData
-    from fedmpi.data.partition import partition
-    from fedmpi.data.sources import load_task
+    from fedmpi.tasks.classification import Classification
 
-    task = load_task(DataConfig(name="mnist", path=str(shared_data)), seed=0)
-    assert (len(task.train), len(task.test)) == (8000, 2000) and task.num_labels == 10
-    enc = load_tokenizer(ModelConfig(name="tiny-vit", image_size=32))
-    data = FederatedData(task, partition(task.train.labels, 4, "iid"), enc, 0, seed=0)
+    cfg = load_config(None, ["model.name=tiny-vit", "model.image_size=32", "data.name=mnist",
+                             f"data.path={shared_data}", "federation.num_clients=4"])
+    task = Classification(cfg)
+    dataset = task.load_data()
+    assert (len(dataset.train), len(dataset.test)) == (8000, 2000) and dataset.num_labels == 10
+    data = FederatedData(dataset, task.partition(dataset), task.encoder(task.tokenizer()), seed=0)
     b = next(data.client_batches(0, 0, 1, 5))
     assert b["pixel_values"].shape == (5, 1, 32, 32) and b["labels"].shape == (5,)
 

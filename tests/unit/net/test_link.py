@@ -42,21 +42,27 @@ def test_broadcast_charges_each_client_exact_bytes(single_rank, tmp_path):
     rt = single_rank
     profiles = [LinkProfile(10.0, 100.0, 20.0), LinkProfile(1.0, 5.0, 50.0), PRESETS["mobile"]]
     ledger = Ledger(tmp_path / "ledger.jsonl")
-    link = Link(rt, profiles, VirtualClock(), ledger)
-    link.round = 3
+    link = Link(rt, profiles, VirtualClock(), [1e9, 2e9, 4e9], 1e12, ledger=ledger)
+    link.begin_round(3)
     payload = torch.zeros(1234, dtype=torch.float32)
     link.broadcast(payload, kind="model", clients=[0, 2])
-    link.reduce(torch.zeros(10, dtype=torch.float64), kind="update", bytes_per_client=4936, clients=[2])
+    link.reduce(torch.zeros(10, dtype=torch.float64), kind="update", uploads={2: 4936})
     rows = ledger.pending
     assert [(r.client, r.direction, r.kind, r.bytes) for r in rows] == [
         (0, "down", "model", 1234 * 4), (2, "down", "model", 1234 * 4), (2, "up", "update", 4936)]
     assert rows[0].seconds == pytest.approx(0.020 + 1234 * 4 * 8 / 100e6)
     assert rows[1].seconds == pytest.approx(0.050 + 1234 * 4 * 8 / 20e6)
     assert rows[2].seconds == pytest.approx(0.050 + 4936 * 8 / 5e6)
+    # The same formula gives the client's running time on the rank hosting it.
+    assert link.elapsed(2) == pytest.approx(rows[1].seconds + rows[2].seconds)
+    assert link.charge_compute(2, 8_000_000_000) == 2.0 and ledger.pending[-1].kind == "compute"
+    assert link.charge_server("aggregate", 10**12) == 1.0 and ledger.pending[-1].client == -1
+    assert link.elapsed(2) == pytest.approx(rows[1].seconds + rows[2].seconds + 2.0)
     totals = ledger.close_round(3)
     assert totals.bytes_down == 2 * 4936 and totals.bytes_up == 4936
-    # Round time: slowest client's messages (client 2: down + up).
-    assert totals.emulated_seconds == pytest.approx(rows[1].seconds + rows[2].seconds)
+    # Round time: slowest client's messages + compute (client 2), plus the server's work.
+    assert totals.emulated_seconds == pytest.approx(rows[1].seconds + rows[2].seconds + 2.0 + 1.0)
+    assert totals.client_flops == 8_000_000_000 and totals.server_flops == 10**12
     assert totals.bytes_by_kind == {"model": 2 * 4936, "update": 4936}
 
 
