@@ -61,6 +61,7 @@ class LossyCodec(Codec):
         if not x.is_floating_point():
             return Transmitted(x, x.numel() * x.element_size())
         payload = x.detach() if reference is None else x.detach() - reference
+        owned = reference is not None  # payload is our own temporary, free to overwrite
         feedback = bool(getattr(self.options, "error_feedback", False)) and state is not None
         if feedback:
             name = residual_key(key.kind)
@@ -70,10 +71,11 @@ class LossyCodec(Codec):
                     raise ValueError(f"codec residual '{name}' has shape {tuple(residual.shape)} but the message "
                                      f"has {tuple(payload.shape)}: a message kind must keep its layout")
                 payload = payload + residual.to(device=payload.device, dtype=payload.dtype)
+                owned = True
         wire = self.encode(payload, key)
         decoded = self.decode(wire, payload)
-        if feedback:
-            state[name] = payload - decoded
+        if feedback:  # the new residual; the old tensor is left as it was (the state store may hold it)
+            state[name] = payload.sub_(decoded) if owned else payload - decoded
         received = decoded if reference is None else decoded + reference
         return Transmitted(received, int(wire.numel()))
 
