@@ -72,7 +72,8 @@ def main() -> None:
     ef_labels = {c[0] for c in EF_CASES}
     for n in (int(s) for s in args.sizes.split(",")):
         x = torch.randn(n, generator=torch.Generator().manual_seed(0)) * 1e-3
-        cases = [(label, make(name, opts), {} if label in ef_labels else None) for label, name, opts in CASES + EF_CASES]
+        cases = [(label, make(name, opts), {} if label in ef_labels else None)
+                 for label, name, opts in CASES + EF_CASES]
         times: dict[str, list[float]] = {label: [] for label, _, _ in cases}
         result: dict[str, tuple[int, float]] = {}
         # Interleaved: a burst of load on the shared machine hits one rep of every

@@ -89,7 +89,8 @@ def parse_header(wire: torch.Tensor) -> Header:
         raise ValueError(f"wire message of {wire.numel()} bytes is shorter than a header")
     magic, codec, dtype, flags, ndim = struct.unpack("<BBBBB", bytes(wire[:5].tolist()))
     if magic != MAGIC_VERSION:
-        raise ValueError(f"not a fedmpi codec message (magic/version byte 0x{magic:02X}, expected 0x{MAGIC_VERSION:02X})")
+        raise ValueError(f"not a fedmpi codec message (magic/version byte 0x{magic:02X}, "
+                         f"expected 0x{MAGIC_VERSION:02X})")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype code {dtype} in wire header")
     size = header_size(ndim)
