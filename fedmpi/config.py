@@ -134,6 +134,13 @@ class TransportConfig:
     up: Any = option(default_factory=lambda: _codec_default(), select=CODECS)
     down: Any = option(default_factory=lambda: _codec_default(), select=CODECS)
 
+    def validate(self) -> None:
+        """Checks across a codec's keys (e.g. topk's fraction vs k), named by their dotted keys."""
+        for direction in ("up", "down"):
+            check = getattr(getattr(self, direction), "validate_at", None)
+            if callable(check):
+                check(f"transport.{direction}.")
+
 
 def _codec_default() -> Any:
     return CODECS.get("fp32").Options()

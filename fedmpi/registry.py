@@ -64,6 +64,13 @@ TASKS = Registry("task", {
 # How a message is encoded on the wire; the ledger charges the encoded bytes.
 CODECS = Registry("transport codec", {
     "fp32": "fedmpi.net.codec:Identity",
+    "fp16": "fedmpi.net.codecs.half:FP16",
+    "bf16": "fedmpi.net.codecs.half:BF16",
+    "int8": "fedmpi.net.codecs.integer:Int8",
+    "int4": "fedmpi.net.codecs.integer:Int4",
+    "nf4": "fedmpi.net.codecs.nf4:NF4",
+    "topk": "fedmpi.net.codecs.sparse:TopK",
+    "randk": "fedmpi.net.codecs.sparse:RandK",
 })
 
 # What the server does with the round's mean update (strategy.server).
