@@ -77,7 +77,7 @@ CLIENT_STRATEGIES = Registry("strategy.client.name", {
 })
 
 AGGREGATORS = Registry("strategy.aggregator.name", {
-    "mean": "fedmpi.strategies.robust:Aggregator",
+    "mean": "fedmpi.strategies.robust:RobustAggregator",
     "median": "fedmpi.strategies.median:Median",
     "trimmed_mean": "fedmpi.strategies.trimmed_mean:TrimmedMean",
     "krum": "fedmpi.strategies.krum:Krum",

@@ -20,7 +20,7 @@ import torch
 
 from fedmpi.errors import ConfigError
 from fedmpi.options import at_least, option, positive
-from fedmpi.strategies.robust import Aggregator, AggregatorOptions, column_blocks, normalized
+from fedmpi.strategies.robust import RobustAggregator, AggregatorOptions, column_blocks, normalized
 
 
 @dataclass
@@ -56,7 +56,7 @@ def krum_scores(deltas: torch.Tensor, f: int, chunk_elements: int) -> torch.Tens
     return nearest.sum(1)
 
 
-class Krum(Aggregator):
+class Krum(RobustAggregator):
     name = "krum"
     Options = KrumOptions
     needs_each_update = True

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from fedmpi.strategies.robust import Aggregator, column_blocks
+from fedmpi.strategies.robust import RobustAggregator, column_blocks
 
 
 def sorted_block(block: torch.Tensor) -> torch.Tensor:
@@ -18,7 +18,7 @@ def sorted_block(block: torch.Tensor) -> torch.Tensor:
     return torch.sort(torch.nan_to_num(block, nan=float("inf")), dim=0).values
 
 
-class Median(Aggregator):
+class Median(RobustAggregator):
     name = "median"
     weighted = False
     needs_each_update = True

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from fedmpi.options import option, positive
-from fedmpi.strategies.robust import Aggregator, AggregatorOptions, column_blocks, normalized
+from fedmpi.strategies.robust import RobustAggregator, AggregatorOptions, column_blocks, normalized
 
 
 @dataclass
@@ -31,7 +31,7 @@ def clip_to_norm(delta: torch.Tensor, clip: float) -> tuple[torch.Tensor, float]
     return (delta * (clip / norm) if norm > clip else delta), norm
 
 
-class NormClip(Aggregator):
+class NormClip(RobustAggregator):
     name = "norm_clip"
     Options = NormClipOptions
     needs_each_update = False  # each rank can clip its own clients' deltas before the sum

@@ -18,18 +18,18 @@ import torch
 from fedmpi.net.flat import flatten
 from fedmpi.strategies.base import ServerStrategy
 from fedmpi.strategies.dp import DPFedAvg
-from fedmpi.strategies.robust import Aggregator
+from fedmpi.strategies.robust import RobustAggregator
 
 Transmit = Callable[[int, torch.Tensor], torch.Tensor]  # (client, delta) -> what the server decodes
 
 
 def server_round(params: list[torch.Tensor], states: dict[int, torch.Tensor], weights: dict[int, float], rnd: int,
-                 server: ServerStrategy, aggregator: Aggregator | None = None, privacy: DPFedAvg | None = None,
-                 transmit: Transmit | None = None) -> torch.Tensor:
+                 server: ServerStrategy, aggregator: RobustAggregator | None = None,
+                 privacy: DPFedAvg | None = None, transmit: Transmit | None = None) -> torch.Tensor:
     """Apply one round to `params` from the arrived clients' trained states; returns the
     aggregated delta the server strategy was given (as global + delta)."""
     glob = flatten(params)
-    aggregator = aggregator or Aggregator()
+    aggregator = aggregator or RobustAggregator()
     clients = sorted(states)
     deltas, unclipped = [], 0.0
     for c in clients:

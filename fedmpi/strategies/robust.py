@@ -51,8 +51,10 @@ def normalized(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return w / total
 
 
-class Aggregator:
-    """`mean`: the weighted mean (what the engine's collective computes)."""
+class RobustAggregator:
+    """The base of the aggregators, and itself `mean`: the weighted mean, which the
+    engine's one-collective sum computes without stacking (named apart from
+    engine/aggregate.Aggregator, the collective itself)."""
     name: ClassVar[str] = "mean"
     Options: ClassVar[type] = AggregatorOptions
     weighted: ClassVar[bool] = True  # whether the client weights enter the result

@@ -14,7 +14,7 @@ import torch
 
 from fedmpi.options import in_range, option
 from fedmpi.strategies.median import sorted_block
-from fedmpi.strategies.robust import Aggregator, AggregatorOptions, column_blocks
+from fedmpi.strategies.robust import RobustAggregator, AggregatorOptions, column_blocks
 
 
 @dataclass
@@ -24,7 +24,7 @@ class TrimmedMeanOptions(AggregatorOptions):
                          help="fraction trimmed from each end, per coordinate")
 
 
-class TrimmedMean(Aggregator):
+class TrimmedMean(RobustAggregator):
     name = "trimmed_mean"
     Options = TrimmedMeanOptions
     weighted = False

@@ -10,7 +10,7 @@ from fedmpi.errors import ConfigError
 from fedmpi.strategies.krum import Krum, KrumOptions, MultiKrum, MultiKrumOptions
 from fedmpi.strategies.median import Median
 from fedmpi.strategies.norm_clip import NormClip, NormClipOptions
-from fedmpi.strategies.robust import Aggregator
+from fedmpi.strategies.robust import RobustAggregator
 from fedmpi.strategies.trimmed_mean import TrimmedMean, TrimmedMeanOptions
 
 
@@ -23,7 +23,7 @@ def ones(n):
 
 
 def test_weighted_mean():
-    out = Aggregator().aggregate(t([[1.0, 0.0], [4.0, 8.0]]), torch.tensor([3.0, 1.0]))
+    out = RobustAggregator().aggregate(t([[1.0, 0.0], [4.0, 8.0]]), torch.tensor([3.0, 1.0]))
     assert out.tolist() == [1.75, 2.0]
 
 
