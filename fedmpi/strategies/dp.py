@@ -119,6 +119,9 @@ class DPFedAvg:
         m = o.expected_clients or fed.clients_per_round
         if m > fed.num_clients:
             raise ConfigError(f"{k}.expected_clients ({m}) > federation.num_clients ({fed.num_clients})")
+        if cfg.strategy.client.name == "scaffold":
+            raise ConfigError(f"{k}.name dp protects the model update only: strategy.client.name scaffold would "
+                              f"upload its control variates unclipped and without noise")
         if o.adaptive and o.noise == "local":
             raise ConfigError(f"{k}.adaptive needs {k}.noise: central (the unclipped count is noised "
                               f"by the server)")
@@ -166,6 +169,19 @@ class DPFedAvg:
         if self.adaptive is not None:
             self.last_fraction = self.adaptive.update(unclipped, generator(self.seed, rnd, _COUNT))
         return mean
+
+    def spent(self, rounds: int, clients_per_round: int, num_clients: int,
+              sampling: str = "without_replacement") -> float:
+        """ε at `options.delta` after `rounds` rounds (central noise), from accounting.py.
+        Costs ~0.1 s (Poisson) to ~0.3 s (without replacement) a call: report it at
+        evaluation rounds and in the summary, not every round."""
+        from fedmpi.strategies.accounting import epsilon, local_epsilon
+
+        o = self.options
+        if o.noise == "local":
+            return local_epsilon(o.noise_multiplier, rounds, o.delta)  # a client taking part every round
+        sample = clients_per_round / num_clients if sampling == "poisson" else (clients_per_round, num_clients)
+        return epsilon(o.noise_multiplier, sample, rounds, o.delta, sampling)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"clip": torch.tensor(self.clip, dtype=torch.float64)} if self.adaptive is not None else {}

@@ -42,6 +42,14 @@ def test_known_value_and_monotonicity():
     assert epsilon(0.0, (10, 100), 5, 1e-5) == math.inf and epsilon(1.0, (10, 100), 0, 1e-5) == 0.0
 
 
+def test_dp_reports_what_the_accountant_says():
+    from fedmpi.strategies.dp import DPFedAvg, DPOptions
+
+    dp = DPFedAvg(DPOptions(noise_multiplier=1.0, delta=1e-5), clients_per_round=10)
+    assert dp.spent(100, 10, 1000) == epsilon(1.0, (10, 1000), 100, 1e-5)
+    assert dp.spent(100, 10, 1000, "poisson") == epsilon(1.0, 0.01, 100, 1e-5, "poisson")
+
+
 def test_local_dp_composes_without_amplification():
     one, ten = local_epsilon(4.0, 1, 1e-5), local_epsilon(4.0, 10, 1e-5)
     assert 0 < one < ten and ten > epsilon(4.0, (10, 100), 10, 1e-5)

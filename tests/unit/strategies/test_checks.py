@@ -61,6 +61,7 @@ def test_defaults_and_a_full_section_build():
     ({"privacy": "dp"}, {"over_selection": 1.5}, r"federation.over_selection 1.5 keeps the fastest"),
     ({"privacy": {"name": "dp", "expected_clients": 30}}, {},
      r"strategy.privacy.expected_clients \(30\) > federation.num_clients \(20\)"),
+    ({"privacy": "dp", "client": "scaffold"}, {}, r"strategy.client.name scaffold would upload its control"),
     ({"privacy": {"name": "dp", "adaptive": True, "noise": "local"}}, {},
      r"strategy.privacy.adaptive needs strategy.privacy.noise: central"),
     ({"privacy": {"name": "dp", "adaptive": True, "noise_multiplier": 0.6}}, {},
