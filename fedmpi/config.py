@@ -18,7 +18,8 @@ import yaml
 
 from fedmpi.errors import ConfigError
 from fedmpi.options import at_least, build, in_range, option, positive, resumable
-from fedmpi.registry import ALGORITHMS, CODECS, METHODS, PARTITIONS, SERVER_STRATEGIES, TASKS
+from fedmpi.registry import (AGGREGATORS, ALGORITHMS, CLIENT_STRATEGIES, CODECS, METHODS, PARTITIONS, PRIVACY,
+                             SERVER_STRATEGIES, TASKS)
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "config_from_dict", "dump_config"]
 
@@ -146,10 +147,36 @@ def _codec_default() -> Any:
     return CODECS.get("fp32").Options()
 
 
+def _entry_default(registry: Any, name: str) -> Any:
+    return lambda: registry.get(name).Options()
+
+
 @dataclass
 class StrategyConfig:
-    """How the server turns client updates into the next global state."""
-    server: Any = option(default_factory=lambda: SERVER_STRATEGIES.get("fedavg").Options(), select=SERVER_STRATEGIES)
+    """How client updates become the next global state (fedmpi/strategies), in four parts.
+    Order of operations each round: clip -> encode/decode (+ error feedback) ->
+    aggregate -> noise -> server optimiser."""
+    server: Any = option(default_factory=_entry_default(SERVER_STRATEGIES, "fedavg"), select=SERVER_STRATEGIES,
+                         help="server optimiser on the aggregate")
+    client: Any = option(default_factory=_entry_default(CLIENT_STRATEGIES, "none"), select=CLIENT_STRATEGIES,
+                         help="hooks around local training (FedProx, SCAFFOLD)")
+    aggregator: Any = option(default_factory=_entry_default(AGGREGATORS, "mean"), select=AGGREGATORS,
+                             help="how the arrived updates are combined")
+    privacy: Any = option(default_factory=_entry_default(PRIVACY, "none"), select=PRIVACY,
+                          help="differential privacy of the aggregate")
+
+
+def check_strategies(cfg: Any) -> None:
+    """Checks across sections for `strategy` (each part's own `check`, and their combinations)."""
+    s = cfg.strategy
+    SERVER_STRATEGIES.get(s.server.name).check(cfg)
+    CLIENT_STRATEGIES.get(s.client.name).check(cfg)
+    AGGREGATORS.get(s.aggregator.name).check(cfg)
+    PRIVACY.get(s.privacy.name).check(cfg)
+    if s.client.name == "scaffold" and s.aggregator.name not in ("mean", "norm_clip"):
+        raise ConfigError(f"strategy.client.name scaffold averages its control variates over every arrived "
+                          f"client; strategy.aggregator.name {s.aggregator.name} would drop or reshape "
+                          f"updates without their variates: use strategy.aggregator.name mean")
 
 
 @dataclass
@@ -218,6 +245,7 @@ class ExperimentConfig:
         TASKS.get(self.task).check(self)
         ALGORITHMS.get(self.algorithm).check(self)
         METHODS.get(self.method.name).check(self)
+        check_strategies(self)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, raw: str) -> None:

@@ -73,9 +73,35 @@ CODECS = Registry("transport codec", {
     "randk": "fedmpi.net.codecs.sparse:RandK",
 })
 
-# What the server does with the round's mean update (strategy.server).
-SERVER_STRATEGIES = Registry("strategy.server", {
+# Strategies (fedmpi/strategies): the server optimiser applied to the aggregate,
+# hooks around each client's local training, how arrived updates are combined,
+# and differential privacy of the aggregate. Each is a `strategy.<part>` section.
+SERVER_STRATEGIES = Registry("strategy.server.name", {
     "fedavg": "fedmpi.strategies.base:ServerStrategy",
+    "fedavgm": "fedmpi.strategies.fedavgm:FedAvgM",
+    "fedadagrad": "fedmpi.strategies.adaptive:FedAdagrad",
+    "fedadam": "fedmpi.strategies.adaptive:FedAdam",
+    "fedyogi": "fedmpi.strategies.adaptive:FedYogi",
+})
+
+CLIENT_STRATEGIES = Registry("strategy.client.name", {
+    "none": "fedmpi.strategies.client:ClientStrategy",
+    "fedprox": "fedmpi.strategies.fedprox:FedProx",
+    "scaffold": "fedmpi.strategies.scaffold:Scaffold",
+})
+
+AGGREGATORS = Registry("strategy.aggregator.name", {
+    "mean": "fedmpi.strategies.robust:RobustAggregator",
+    "median": "fedmpi.strategies.median:Median",
+    "trimmed_mean": "fedmpi.strategies.trimmed_mean:TrimmedMean",
+    "krum": "fedmpi.strategies.krum:Krum",
+    "multi_krum": "fedmpi.strategies.krum:MultiKrum",
+    "norm_clip": "fedmpi.strategies.norm_clip:NormClip",
+})
+
+PRIVACY = Registry("strategy.privacy.name", {
+    "none": "fedmpi.strategies.dp:NoPrivacy",
+    "dp": "fedmpi.strategies.dp:DPFedAvg",
 })
 
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
