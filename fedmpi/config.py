@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from fedmpi.errors import ConfigError
-from fedmpi.options import at_least, build, in_range, option, positive, resumable
+from fedmpi.options import at_least, build, build_choice, in_range, option, positive, resumable
 from fedmpi.registry import (AGGREGATORS, ALGORITHMS, CLIENT_STRATEGIES, CODECS, METHODS, PARTITIONS, PRIVACY,
                              SERVER_STRATEGIES, TASKS)
 
@@ -64,6 +64,8 @@ class FederationConfig:
     dropout: float = option(0.0, check=in_range(0, 1, high_open=True), help="P(a sampled client fails the round)")
     deadline_s: float | None = option(None, check=positive, help="emulated round deadline: slower clients dropped")
     over_selection: float = option(1.0, check=at_least(1.0), help="sample ceil(k * this), keep the first k")
+    sampling: str = option("without_replacement", choices=("without_replacement", "poisson"),
+                           help="clients_per_round drawn each round, or each client with p = k/N (DP's Poisson)")
     # float64 accumulation makes the average independent of how clients are
     # packed into ranks (identical results on 3 or 9 ranks); float32 halves
     # the bytes moved by the collective.
@@ -94,6 +96,10 @@ class NetworkConfig:
     # client,up_mbps,down_mbps[,latency_ms].
     heterogeneity: float = option(0.0, check=at_least(0))
     trace: str | None = option(None)
+    # The server's own link, shared max-min fairly by the clients transferring at once
+    # (net/fairshare.py); unlimited by default.
+    server_up_mbps: float | None = option(None, check=positive, help="server uplink: every download leaves here")
+    server_down_mbps: float | None = option(None, check=positive, help="server downlink: every upload lands here")
 
     def validate(self) -> None:
         from fedmpi.net.profiles import read_trace, resolve_base
@@ -131,16 +137,33 @@ class AttackConfig:
 
 @dataclass
 class TransportConfig:
-    """How messages are encoded on each direction (the ledger charges encoded bytes)."""
+    """How messages are encoded (the ledger charges encoded bytes): per direction, and
+    per message kind (`kinds: {activations: fp16}` applies to that kind both ways)."""
     up: Any = option(default_factory=lambda: _codec_default(), select=CODECS)
     down: Any = option(default_factory=lambda: _codec_default(), select=CODECS)
+    kinds: dict[str, Any] = option(default_factory=dict, help="message kind -> codec, overriding up/down")
+    down_delta: bool = option(False, help="send clients that hold the last round's model the encoded "
+                                          "difference; the others get the current model whole (fp32)")
 
     def validate(self) -> None:
-        """Checks across a codec's keys (e.g. topk's fraction vs k), named by their dotted keys."""
-        for direction in ("up", "down"):
-            check = getattr(getattr(self, direction), "validate_at", None)
+        """Each codec section built and checked across its keys (topk's fraction vs k), named by
+        its dotted key; error feedback only where a client can carry a residual (its uploads)."""
+        self.kinds = {str(kind): build_choice(CODECS, "fp32", spec, f"transport.kinds.{kind}")
+                      for kind, spec in self.kinds.items()}
+        sections = [("transport.up.", self.up), ("transport.down.", self.down)] + [
+            (f"transport.kinds.{k}.", v) for k, v in self.kinds.items()]
+        for prefix, opts in sections:
+            check = getattr(opts, "validate_at", None)
             if callable(check):
-                check(f"transport.{direction}.")
+                check(prefix)
+            feedback = getattr(opts, "error_feedback", False)
+            if feedback and (prefix == "transport.down." or (prefix.startswith("transport.kinds.")
+                                                             and prefix.split(".")[2] not in ("update", "control"))):
+                raise ConfigError(f"{prefix}error_feedback carries a client's residual to its next upload of "
+                                  f"the same message: it applies to transport.up (updates, control variates) only")
+        if self.down_delta and self.down.name == "fp32":
+            raise ConfigError("transport.down_delta sends encoded differences: choose a lossy transport.down "
+                              "codec too (with fp32 the difference costs what the model costs)")
 
 
 def _codec_default() -> Any:
@@ -173,6 +196,17 @@ def check_strategies(cfg: Any) -> None:
     CLIENT_STRATEGIES.get(s.client.name).check(cfg)
     AGGREGATORS.get(s.aggregator.name).check(cfg)
     PRIVACY.get(s.privacy.name).check(cfg)
+    algorithm = ALGORITHMS.get(cfg.algorithm)
+    if s.client.name != "none" and not getattr(algorithm, "trains_with_hooks", True):
+        raise ConfigError(f"strategy.client.name {s.client.name} changes each local step; algorithm "
+                          f"'{cfg.algorithm}' trains through split-learning steps that do not call it: "
+                          f"use strategy.client.name none")
+    if s.privacy.name == "dp" and not getattr(algorithm, "trains_with_hooks", True):
+        raise ConfigError(f"strategy.privacy.name dp protects the model update only; algorithm "
+                          f"'{cfg.algorithm}' also sends activations and gradients that it cannot protect")
+    if cfg.federation.sampling == "poisson" and cfg.federation.over_selection > 1:
+        raise ConfigError("federation.sampling poisson draws each client independently; "
+                          "federation.over_selection must stay 1")
     if s.client.name == "scaffold" and s.aggregator.name not in ("mean", "norm_clip"):
         raise ConfigError(f"strategy.client.name scaffold averages its control variates over every arrived "
                           f"client; strategy.aggregator.name {s.aggregator.name} would drop or reshape "

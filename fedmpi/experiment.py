@@ -30,9 +30,10 @@ from fedmpi.net.link import Link
 from fedmpi.net.profiles import client_profiles, client_speeds
 from fedmpi.plugins import backdoor, tracker
 from fedmpi.plugins.init_sync import InitialSync
-from fedmpi.registry import ALGORITHMS, SERVER_STRATEGIES, TASKS
+from fedmpi.registry import ALGORITHMS, TASKS
 from fedmpi.runtime import Runtime
 from fedmpi.state.store import ClientState, ClientStateStore, return_freed_memory_promptly
+from fedmpi.strategies.bundle import Strategies
 from fedmpi.tasks.base import Task
 
 
@@ -77,10 +78,13 @@ def build(cfg: ExperimentConfig, rt: Runtime, prep: Prepared, resume: bool = Fal
     ledger = Ledger(writer.ledger_path) if writer is not None else None
     link = Link(rt, client_profiles(cfg.network, n, cfg.seed), make_clock(cfg.network.clock),
                 client_speeds(cfg.compute.client_gflops, cfg.compute.heterogeneity, n, cfg.seed),
-                cfg.compute.server_gflops * 1e9, Transport.from_config(cfg.transport), cfg.seed, ledger)
+                cfg.compute.server_gflops * 1e9, Transport.from_config(cfg.transport), cfg.seed, ledger,
+                cfg.network.server_up_mbps, cfg.network.server_down_mbps)
     data = FederatedData(prep.dataset, prep.parts, prep.task.encoder(prep.tokenizer), cfg.seed)
     algorithm_cls = ALGORITHMS.get(cfg.algorithm)
-    uses_state = algorithm_cls.uses_client_state
+    strategies = Strategies.from_config(cfg)
+    uses_state = (algorithm_cls.uses_client_state or strategies.uses_client_state
+                  or bool(getattr(cfg.transport.up, "error_feedback", False)))
     ctx = Context(cfg, rt, link, data, prep.task, FlopMeter(), prep.model.to(rt.device), ClientState(uses_state),
                   run_dir=writer.dir if writer is not None else None)
     algorithm = algorithm_cls(ctx)
@@ -92,8 +96,7 @@ def build(cfg: ExperimentConfig, rt: Runtime, prep: Prepared, resume: bool = Fal
         return_freed_memory_promptly()
         store = ClientStateStore(int(cfg.state.memory_mb * 2**20), writer.dir / "client_state",
                                  keep_superseded=cfg.output.checkpoint)
-    strategy = SERVER_STRATEGIES.get(cfg.strategy.server.name)(cfg.strategy.server)
-    engine = SyncEngine(ctx, algorithm, strategy, callbacks=plugins, writer=writer, store=store, checkpoint=ck)
+    engine = SyncEngine(ctx, algorithm, strategies, callbacks=plugins, writer=writer, store=store, checkpoint=ck)
     if writer is not None:
         engine.callbacks.append(MetricsLog(writer, ledger))
         if cfg.output.checkpoint:

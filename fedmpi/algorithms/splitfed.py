@@ -54,6 +54,7 @@ class SplitFedOptions(SplitOptions):
 class SplitFed(Algorithm):
     name = "splitfed"
     Options = SplitFedOptions
+    trains_with_hooks = False  # its split steps bypass ctx.train: no client strategy, no DP
 
     @classmethod
     def check(cls, cfg: Any) -> None:

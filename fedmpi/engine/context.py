@@ -30,6 +30,7 @@ class Context:
     fresh_start: bool = True  # False when resuming: one-off set-up traffic is not charged again
     run_dir: Any = None  # the run folder (server), for plug-ins that write files
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # work buffers reused round after round
+    grad_hook: Any = None  # set by the engine while a client strategy shapes local steps
 
     # -- helpers every algorithm uses ----------------------------------------
     @property
@@ -48,7 +49,7 @@ class Context:
               stats: LocalStats | None = None, loss=None) -> LocalStats:
         """The metered local loop with the task's loss (or `loss(model, batch)`)."""
         return train_steps(model, batches, optimizer, self.meter, self.device, loss or self.task.loss,
-                           self.task.samples, tag=tag, stats=stats)
+                           self.task.samples, tag=tag, stats=stats, after_backward=self.grad_hook)
 
     def live(self, rnd: int, sampled: list[int]) -> list[int]:
         """Sampled clients that do not drop out this round (every rank can tell)."""

@@ -62,6 +62,10 @@ def load_checkpoint(cfg: ExperimentConfig) -> dict[str, Any] | None:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")

@@ -42,8 +42,11 @@ class LocalStats:
 
 def train_steps(model: nn.Module, batches: Iterable[Batch], optimizer: torch.optim.Optimizer,
                 meter: FlopMeter, device: torch.device, loss_fn: LossFn, samples: Callable[[Batch], int],
-                tag: str = "train", stats: LocalStats | None = None) -> LocalStats:
-    """Forward, backward and step on each batch; FLOPs of fwd+bwd are metered."""
+                tag: str = "train", stats: LocalStats | None = None,
+                after_backward: Callable[[], int] | None = None) -> LocalStats:
+    """Forward, backward and step on each batch; FLOPs of fwd+bwd are metered.
+    `after_backward` (a client strategy's gradient hook) runs between backward and
+    the step and returns the FLOPs it spent."""
     model.train()
     stats = stats or LocalStats()
     for batch in batches:
@@ -56,6 +59,8 @@ def train_steps(model: nn.Module, batches: Iterable[Batch], optimizer: torch.opt
             return loss
 
         loss, flops = meter.run((tag, id(model), shape_key(batch)), step)
+        if after_backward is not None:
+            flops += after_backward()
         optimizer.step()
         stats.add(samples(batch), float(loss.detach()), flops)
     return stats

@@ -14,6 +14,7 @@ server-side call. Algorithms never call torch.distributed themselves.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from typing import Any, Callable, Sequence
@@ -25,6 +26,7 @@ from fedmpi.errors import ConfigError
 from fedmpi.metering.ledger import DOWN, LOCAL, SERVER, UP, Ledger
 from fedmpi.net.clock import RealtimeClock, VirtualClock
 from fedmpi.net.codec import CodecKey, Identity, Transmitted, Transport
+from fedmpi.net.fairshare import finish_times
 from fedmpi.net.flat import payload_bytes
 from fedmpi.net.profiles import LinkProfile
 from fedmpi.runtime import Runtime
@@ -37,8 +39,12 @@ _HEADER = 13  # dtype, ndim, send time (us), encoded bytes, shape[<= 9]
 class Link:
     def __init__(self, rt: Runtime, profiles: Sequence[LinkProfile], clock: VirtualClock | RealtimeClock,
                  speeds: Sequence[float], server_speed: float, transport: Transport | None = None,
-                 seed: int = 0, ledger: Ledger | None = None) -> None:
+                 seed: int = 0, ledger: Ledger | None = None, server_up_mbps: float | None = None,
+                 server_down_mbps: float | None = None) -> None:
         self.rt = rt
+        # The server's link (bit/s): downloads leave through its uplink, uploads land on its downlink.
+        self.server_out = math.inf if server_up_mbps is None else server_up_mbps * 1e6
+        self.server_in = math.inf if server_down_mbps is None else server_down_mbps * 1e6
         self.profiles = list(profiles)
         self.speeds = list(speeds)  # client device FLOP/s
         self.server_speed = server_speed
@@ -59,14 +65,32 @@ class Link:
         return self._elapsed[client]
 
     def seconds(self, client: int, direction: str, nbytes: int) -> float:
-        return self.profiles[client].seconds(nbytes, direction)
+        """One message alone on the links: latency + bytes·8 / min(client link, server link)."""
+        p = self.profiles[client]
+        server = self.server_in if direction == UP else self.server_out
+        if math.isinf(server):
+            return p.seconds(nbytes, direction)
+        own = (p.up_mbps if direction == UP else p.down_mbps) * 1e6
+        return p.latency_ms / 1e3 + nbytes * 8.0 / min(own, server)
 
-    def charge(self, client: int, direction: str, kind: str, nbytes: int) -> float:
-        """One emulated message: the client's time, and a Ledger row on the server."""
-        secs = self.seconds(client, direction, nbytes)
+    def shared_seconds(self, direction: str, transfers: dict[int, tuple[float, int]]) -> dict[int, float]:
+        """client -> seconds of its message (latency + transfer) when all of `transfers`
+        (client -> (start, bytes)) share the server's link (net/fairshare.py)."""
+        server = self.server_in if direction == UP else self.server_out
+        clients = list(transfers)
+        caps = [(self.profiles[c].up_mbps if direction == UP else self.profiles[c].down_mbps) * 1e6 for c in clients]
+        starts = [transfers[c][0] for c in clients]
+        ends = finish_times(starts, [transfers[c][1] * 8.0 for c in clients], caps, server)
+        return {c: self.profiles[c].latency_ms / 1e3 + (e - s) for c, s, e in zip(clients, starts, ends)}
+
+    def charge(self, client: int, direction: str, kind: str, nbytes: int, raw_bytes: int | None = None,
+               seconds: float | None = None) -> float:
+        """One emulated message: the client's time, and a Ledger row on the server
+        (with the message's size before its codec, when the codec changed it)."""
+        secs = self.seconds(client, direction, nbytes) if seconds is None else seconds
         self._elapsed[client] += secs
         if self.ledger is not None:
-            self.ledger.add(self.round, client, direction, kind, bytes=nbytes, seconds=secs)
+            self.ledger.add(self.round, client, direction, kind, bytes=nbytes, seconds=secs, raw_bytes=raw_bytes)
         return secs
 
     def charge_compute(self, client: int, flops: int) -> float:
@@ -89,8 +113,10 @@ class Link:
         """What the receiver decodes from `tensor`, and the encoded bytes."""
         self._check_device(tensor)
         codec = self.transport.codec(direction, kind)
-        return codec.transmit(tensor, CodecKey(self.seed, self.round, client, kind), reference=reference,
+        sent = codec.transmit(tensor, CodecKey(self.seed, self.round, client, kind), reference=reference,
                               state=state)
+        sent.raw_bytes = payload_bytes(tensor)
+        return sent
 
     def _check_device(self, tensor: torch.Tensor) -> None:
         if tensor.device != self.rt.device:
@@ -114,25 +140,43 @@ class Link:
             payload, nbytes = sent.received, sent.nbytes
         else:
             payload, nbytes = tensor, None
+        raw = payload_bytes(payload)
         dist.broadcast(payload, src=0)
         if self._lossless(DOWN, kind):
             nbytes = payload_bytes(payload)
         else:  # the encoded size travels with the message, as a wire format's length field does
             nbytes = self.share(nbytes)
-        mine = clients if self.rt.is_server else self.rt.clients_here(list(clients))
-        for c in mine:
-            self.charge(c, DOWN, kind, nbytes)
+        self.charge_download(kind, {c: nbytes for c in clients}, raw)
         if self.ledger is not None:
-            self.ledger.add_transport(payload_bytes(payload) * (self.rt.world_size - 1))
+            self.ledger.add_transport(raw * (self.rt.world_size - 1))
         self._hold(clients, DOWN, nbytes, since)
         return payload
+
+    def broadcast_payload(self, payload: torch.Tensor) -> None:
+        """Collective: the server's already-encoded-and-decoded tensor to every rank
+        (charged apart, by `charge_download`)."""
+        self._check_device(payload)
+        dist.broadcast(payload, src=0)
+        if self.ledger is not None:
+            self.ledger.add_transport(payload_bytes(payload) * (self.rt.world_size - 1))
+
+    def charge_download(self, kind: str, per_client: dict[int, int], raw: int | None = None) -> None:
+        """Every rank: each listed client's download (on the server, Ledger rows; on a client's
+        rank, its running time)."""
+        shared = None
+        if not math.isinf(self.server_out) and per_client:  # every download leaves the server at once
+            shared = self.shared_seconds(DOWN, {c: (0.0, n) for c, n in per_client.items()})
+        mine = per_client if self.rt.is_server else {c: per_client[c] for c in self.rt.clients_here(list(per_client))}
+        for c, nbytes in mine.items():
+            self.charge(c, DOWN, kind, nbytes, raw, None if shared is None else shared[c])
 
     def _lossless(self, direction: str, kind: str) -> bool:
         return self.transport.codec(direction, kind).lossless
 
     def reduce(self, tensor: torch.Tensor, *, kind: str,
-               uploads: dict[int, int] | Callable[[torch.Tensor], dict[int, int]]) -> torch.Tensor:
-        """Every arrived client uploads its encoded bytes (`uploads`: client -> bytes);
+               uploads: dict[str, dict[int, int]] | Callable[[torch.Tensor], dict[str, dict[int, int]]],
+               raw: dict[str, int] | None = None, transfer: dict[int, float] | None = None) -> torch.Tensor:
+        """Every arrived client uploads its encoded bytes (`uploads`: kind -> {client: bytes});
         the cluster sums the ranks' partial sums onto the server (one collective per round).
 
         `uploads` may be a function of the reduced tensor, for when only the
@@ -140,13 +184,28 @@ class Link:
         since = time.time()
         self.sum_to_server(tensor)
         if self.rt.is_server:
-            arrived = uploads(tensor) if callable(uploads) else uploads
-            for c, nbytes in arrived.items():
-                self.charge(c, UP, kind, nbytes)
+            self.charge_uploads(uploads(tensor) if callable(uploads) else uploads, raw, since, transfer)
             self.ledger.add_transport(payload_bytes(tensor) * (self.rt.world_size - 1))
-            if self.clock.realtime and arrived:
-                self.clock.hold(max(self.seconds(c, UP, n) for c, n in arrived.items()), since)
         return tensor
+
+    def charge_uploads(self, uploads: dict[str, dict[int, int]], raw: dict[str, int] | None = None,
+                       since: float | None = None, transfer: dict[int, float] | None = None) -> None:
+        """Server: charge each client's upload of each kind (in kind, then client order);
+        `raw`: each kind's size before its codec; `transfer`: client -> seconds of its
+        whole upload on a shared server link, split over its kinds by bytes."""
+        per_client: dict[int, int] = defaultdict(int)
+        for clients in uploads.values():
+            for c, nbytes in clients.items():
+                per_client[c] += nbytes
+        for kind, clients in uploads.items():
+            for c, nbytes in clients.items():
+                secs = None
+                if transfer is not None:
+                    lat = self.profiles[c].latency_ms / 1e3
+                    secs = lat + (transfer[c] - lat) * (nbytes / per_client[c] if per_client[c] else 0.0)
+                self.charge(c, UP, kind, nbytes, (raw or {}).get(kind), secs)
+        if self.clock.realtime and per_client and since is not None:
+            self.clock.hold(max(self.seconds(c, UP, n) for c, n in per_client.items()), since)
 
     def sum_to_server(self, tensor: torch.Tensor) -> None:
         """The cluster's sum of every rank's `tensor`, in place on the server.
@@ -205,7 +264,7 @@ class Link:
 
     def from_client(self, *, client: int, kind: str) -> torch.Tensor:
         out, sent, nbytes = self._recv(self.rt.rank_of_client(client))
-        self.clock.hold(self.charge(client, UP, kind, nbytes), sent)
+        self.clock.hold(self.charge(client, UP, kind, nbytes, payload_bytes(out)), sent)
         if self.ledger is not None:
             self.ledger.add_transport(payload_bytes(out))
         return out
@@ -213,7 +272,7 @@ class Link:
     def to_client(self, tensor: torch.Tensor, *, client: int, kind: str) -> None:
         """Server side of a download: encoded and charged here, held at the receiver."""
         sent = self.encode(DOWN, kind, tensor, client)
-        self.charge(client, DOWN, kind, sent.nbytes)
+        self.charge(client, DOWN, kind, sent.nbytes, sent.raw_bytes)
         if self.ledger is not None:
             self.ledger.add_transport(payload_bytes(sent.received))
         self._send(sent.received, self.rt.rank_of_client(client), sent.nbytes)
@@ -226,6 +285,16 @@ class Link:
         return out
 
     # -- control plane point to point (uncharged: the emulator's own traffic) --
+    def send_tensor(self, tensor: torch.Tensor, dst: int) -> None:
+        """A tensor to rank `dst`, uncharged (e.g. an update a robust aggregator needs whole)."""
+        self._send(tensor, dst, 0)
+
+    def recv_tensor(self, src: int) -> torch.Tensor:
+        out = self._recv(src)[0]
+        if self.ledger is not None:
+            self.ledger.add_transport(payload_bytes(out))
+        return out
+
     def send_object(self, obj: Any, dst: int) -> None:
         """A small picklable object (e.g. a client's state) to rank `dst`, uncharged."""
         dist.send_object_list([obj], dst=dst, device=self.rt.device if self.rt.backend == "nccl" else None)

@@ -118,3 +118,10 @@ def test_the_checks_catch_a_planted_violation():
     g["fedmpi.config"] = g["fedmpi.config"] | {"fedmpi.engine.loop"}
     assert any(v.startswith("fedmpi.config (layer 1) imports fedmpi.engine.loop") for v in upward_imports(g))
     assert find_cycle(g) is not None  # engine.loop imports config (indirectly): now a cycle
+
+
+def test_test_files_have_distinct_names():
+    """pytest imports test modules by file name (tests/ has no __init__.py): two files of one
+    name in different folders make collection fail."""
+    names = [p.name for p in (PKG.parent / "tests").rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []

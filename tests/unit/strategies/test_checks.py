@@ -17,7 +17,7 @@ def cfg_of(strategy: dict, clients_per_round: int = 6, num_clients: int = 20, op
     base.federation.over_selection = over_selection
     base.train.optimizer = optimizer
     cfg = SimpleNamespace(strategy=build(StrategyConfig, strategy, "strategy."), federation=base.federation,
-                          train=base.train)
+                          train=base.train, algorithm=base.algorithm)
     check_strategies(cfg)
     return cfg
 
