@@ -253,6 +253,39 @@ def _in_process(argv: list[str]) -> int:
     return int(run_main(argv[1:]) or 0)
 
 
+def state_of(entry: Entry) -> str:
+    """'done' (summary written), 'cut' (a checkpoint without a summary) or 'new'."""
+    if (entry.run_dir / "summary.json").is_file():
+        return "done"
+    return "cut" if (entry.run_dir / "checkpoint.pt").is_file() else "new"
+
+
+def run_all(sweep: Sweep, launcher: str, ranks: int | None, resume: bool,
+            run_in_process: Callable[[list[str]], int]) -> int:
+    """Every entry in order, one job at a time (parallel jobs on a few cores only slow
+    each other and spoil wall-clock figures). Stops at the first failure; run again
+    with --resume to go on from there."""
+    import time
+
+    t0 = time.perf_counter()
+    for entry in sweep.entries:
+        state = state_of(entry)
+        if resume and state == "done":
+            print(f"fedmpi sweep: entry {entry.index}: '{entry.name}' done, skipped", file=sys.stderr, flush=True)
+            continue
+        cmd = command_for(entry, sweep.base, launcher, ranks, resume and state == "cut")
+        print(f"fedmpi sweep: entry {entry.index} of {len(sweep.entries)}: '{entry.name}' "
+              f"({'continued' if resume and state == 'cut' else 'started'}) via {launcher}",
+              file=sys.stderr, flush=True)
+        rc = run_in_process(cmd) if launcher == "none" else subprocess.call(cmd)
+        if rc != 0:
+            print(f"fedmpi sweep: entry {entry.index} failed ({rc}); fix it and re-run with --all --resume",
+                  file=sys.stderr)
+            return rc
+    print(f"fedmpi sweep: {len(sweep.entries)} entries done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedmpi sweep", description="Expand a grid of experiments; list, count or run one.")
     p.add_argument("grid", help="grid YAML file (keys: base, set, grid, name)")
@@ -260,12 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--dry-run", action="store_true", help="print the numbered entries and exit")
     what.add_argument("--count", action="store_true", help="print the number of entries and exit")
     what.add_argument("--run-index", type=int, metavar="I", help="run entry I (e.g. $SLURM_ARRAY_TASK_ID)")
+    what.add_argument("--all", action="store_true",
+                      help="run every entry, one after another (with --resume: skip finished ones, continue "
+                           "a cut one from its checkpoint)")
     p.add_argument("--launcher", choices=LAUNCHERS, default="auto",
                    help="how to start the ranks of the entry (default: auto, see docs)")
     p.add_argument("-n", "--ranks", type=int, default=None,
                    help=f"ranks per entry (mpirun default {DEFAULT_RANKS}; srun default: the allocation)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the entry from its run folder's checkpoint (re-run array tasks)")
+                   help="continue the entry from its run folder's checkpoint (re-run array tasks); with --all, "
+                        "entries whose summary.json exists are done")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra override for every entry (repeatable)")
     return p
@@ -280,6 +317,8 @@ def main(argv: list[str], run_in_process: Callable[[list[str]], int] = _in_proce
         if args.count:
             print(len(sweep.entries))
             return 0
+        if args.all:
+            return run_all(sweep, resolve_launcher(args.launcher), args.ranks, args.resume, run_in_process)
         if args.run_index is None:
             print(format_table(sweep))
             return 0

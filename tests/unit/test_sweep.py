@@ -130,3 +130,29 @@ def test_commands_per_launcher():
                                    {"a": 1}, float("inf")])
 def test_values_round_trip_through_set(value):
     assert yaml.safe_load(format_value(value)) == value
+
+
+def test_all_runs_every_entry_in_order_and_resume_skips_the_finished(tmp_path):
+    grid = write(tmp_path, {**GRID, "set": {**GRID["set"], "output.dir": str(tmp_path / "runs")}})
+    calls: list[list[str]] = []
+    cut = {"tiny-002-name=full-seed=0"}  # this entry is killed once: it leaves a checkpoint and fails
+
+    def fake(argv: list[str]) -> int:
+        calls.append(argv)
+        name = next(a for a in argv if a.startswith("name=")).split("=", 1)[1]
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True, exist_ok=True)
+        if name in cut:
+            cut.discard(name)
+            (run / "checkpoint.pt").write_text("")
+            return 1
+        (run / "summary.json").write_text("{}")
+        return 0
+
+    assert main([str(grid), "--all", "--launcher", "none"], run_in_process=fake) == 1
+    assert len(calls) == 3 and "--resume" not in calls[2]
+    calls.clear()
+    assert main([str(grid), "--all", "--resume", "--launcher", "none"], run_in_process=fake) == 0
+    names = [next(a for a in argv if a.startswith("name=")).split("=", 1)[1] for argv in calls]
+    assert names[0].startswith("tiny-002") and "--resume" in calls[0]  # the cut one, continued
+    assert len(calls) == 4 and all("--resume" not in a for a in calls[1:])  # the rest, fresh
