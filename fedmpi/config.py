@@ -53,6 +53,15 @@ class DataConfig:
     max_test_samples: int | None = option(None, check=positive)
     text_column: str | None = option(None)
     label_column: str = option("label")
+    # Hyperparameters are chosen on a validation split carved from the training data, never on the test set.
+    validation_fraction: float = option(0.0, check=in_range(0, 1, high_open=True),
+                                        help="share of the training data held out (seeded); 0: none")
+    evaluate: str = option("test", choices=("test", "validation"),
+                           help="score the global model on the test split or on the held-out validation split")
+
+    def validate(self) -> None:
+        if self.evaluate == "validation" and self.validation_fraction <= 0:
+            raise ConfigError("data.evaluate: validation needs data.validation_fraction > 0")
 
 
 @dataclass
