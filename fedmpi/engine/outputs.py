@@ -10,6 +10,7 @@ import torch
 
 from fedmpi.atomic import atomic_torch_save, atomic_write_bytes
 from fedmpi.config import ExperimentConfig, dump_config
+from fedmpi.jsonsafe import dumps
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -39,11 +40,11 @@ class RunWriter:
         self._metrics = self.metrics_path.open("a")
 
     def metrics(self, row: dict[str, Any]) -> None:
-        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.write(dumps(row) + "\n")
         self._metrics.flush()
 
     def summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_bytes(self.dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        atomic_write_bytes(self.dir / "summary.json", (dumps(summary, indent=2) + "\n").encode())
 
     def checkpoint(self, state: dict[str, Any]) -> None:
         atomic_torch_save(state, self.dir / CHECKPOINT)
