@@ -106,8 +106,7 @@ def run_rank(config: str, overrides: list[str], resume: str = "no") -> int:
         if rt.is_server:
             print(f"fedmpi: {stop}", file=sys.stderr, flush=True)
         _release(folder)
-        shutdown()
-        return signals.STOPPED
+        return _leave_stopped(rt, shutdown)
     except ConfigError as exc:
         # Bad input found after start-up: every rank usually finds it; the server
         # reports it, others only if it cannot.
@@ -145,6 +144,31 @@ def _claim_run_folder(cfg, rt, resume: str):
             print(f"fedmpi: error: {error}", file=sys.stderr, flush=True)
         return False
     return folder
+
+
+def _leave_stopped(rt, shutdown) -> int:
+    """After a stop at a round boundary: the clients leave first (exit 0), the server
+    last with STOPPED, the job's status. Launchers that end a whole job the moment one
+    task exits non-zero (srun --kill-on-bad-exit, torchrun) would otherwise kill the
+    other ranks mid-exit and report their signal instead of the stop."""
+    from datetime import timedelta
+
+    from fedmpi import signals
+
+    rt.any_rank(True)  # every rank has done its part of the stop
+    if not rt.is_server:
+        shutdown()
+        if rt.store is not None:
+            rt.store.set(f"fedmpi/left/{rt.rank}", "1")
+        return 0
+    if rt.store is not None:
+        try:
+            rt.store.wait([f"fedmpi/left/{r}" for r in range(1, rt.world_size)], timedelta(seconds=30))
+        except RuntimeError:
+            pass  # a client that never said so: leave anyway
+        time.sleep(1.0)  # while their interpreters finish exiting
+    shutdown()
+    return signals.STOPPED
 
 
 def _release(folder) -> None:

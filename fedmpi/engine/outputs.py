@@ -19,8 +19,14 @@ def _truncate_jsonl(path: Path, last_round: int) -> None:
     """Keep rows of rounds <= last_round (a resumed run rewrites the rest)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["round"] <= last_round]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # blank, or a row cut short when the job was killed mid-write
+        if row["round"] <= last_round:
+            keep.append(line)
     atomic_write_bytes(path, ("".join(line + "\n" for line in keep)).encode())
 
 

@@ -181,7 +181,7 @@ def _start(cfg, ep: Endpoint, store: dist.Store, comm=None) -> Runtime:
                             timeout=timeout)
     _set_threads(cfg, ep.local_world_size)
     return Runtime(ep.rank, ep.world_size, ep.local_rank, ep.local_world_size, ep.launcher, the_plan.backend,
-                   device, comm, transport, the_plan)
+                   device, comm, transport, the_plan, store)
 
 
 def _init_mpi(cfg) -> Runtime:

@@ -26,6 +26,7 @@ class Runtime:
     # CPU under gloo (also when compute is on a GPU that several ranks share).
     transport_device: torch.device | None = None
     plan: Any = None  # the job's placement (fedmpi.runtime.placement.Plan), when computed
+    store: Any = None  # the rendezvous store (torch.distributed.Store), for control messages
 
     def __post_init__(self) -> None:
         if self.transport_device is None:
