@@ -230,7 +230,10 @@ class StateConfig:
 
 @dataclass
 class RuntimeConfig:
-    backend: str = option("auto", choices=("auto", "gloo", "nccl"))
+    backend: str = option("auto", choices=("auto", "gloo", "nccl"),
+                          help="auto: NCCL when every rank has a GPU of its own, else gloo (CPU staging)")
+    device: str = option("auto", choices=("auto", "cpu", "cuda"),
+                         help="compute device: auto = a GPU when visible (see fedmpi.runtime.placement)")
     timeout_s: float = option(300.0, check=positive, resume=True,
                               help="collective timeout: backstop if a launcher fails to end the job")
     threads: int | None = option(None, check=positive, resume=True,

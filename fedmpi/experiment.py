@@ -21,6 +21,7 @@ from fedmpi.engine.callbacks import Callback, Checkpointer, MetricsLog, Progress
 from fedmpi.engine.context import Context
 from fedmpi.engine.loop import SyncEngine
 from fedmpi.engine.outputs import RunWriter, load_checkpoint
+from fedmpi.engine.stopping import GracefulStop
 from fedmpi.metering.flops import FlopMeter
 from fedmpi.metering.ledger import Ledger
 from fedmpi.models.methods import apply_method
@@ -97,6 +98,8 @@ def build(cfg: ExperimentConfig, rt: Runtime, prep: Prepared, resume: bool = Fal
         store = ClientStateStore(int(cfg.state.memory_mb * 2**20), writer.dir / "client_state",
                                  keep_superseded=cfg.output.checkpoint)
     engine = SyncEngine(ctx, algorithm, strategies, callbacks=plugins, writer=writer, store=store, checkpoint=ck)
+    # Every rank: stop at a round boundary on a signal (fedmpi.signals), checkpoint written.
+    engine.callbacks.append(GracefulStop(rt, writer, engine.checkpoint_state, checkpointed=cfg.output.checkpoint))
     if writer is not None:
         engine.callbacks.append(MetricsLog(writer, ledger))
         if cfg.output.checkpoint:

@@ -264,7 +264,8 @@ def resolve_launcher(requested: str, env: dict[str, str] | None = None) -> str:
 
 def command_for(entry: Entry, base: Path, launcher: str, ranks: int | None, resume: bool = False) -> list[str]:
     """The argv that runs ``entry``; for launcher ``none`` the in-process argv."""
-    sets = [arg for item in entry.overrides for arg in ("--set", item)] + (["--resume"] if resume else [])
+    # Re-run array tasks: entries that had checkpointed continue, the others start (with a notice).
+    sets = [arg for item in entry.overrides for arg in ("--set", item)] + (["--resume-or-start"] if resume else [])
     if launcher == "none":
         return ["run", str(base), *sets]
     if launcher == "srun":
@@ -340,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--ranks", type=int, default=None,
                    help=f"ranks per entry (mpirun default {DEFAULT_RANKS}; srun default: the allocation)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the entry from its run folder's checkpoint (re-run array tasks); with --all, "
-                        "entries whose summary.json exists are done")
+                   help="continue the entry from its run folder's checkpoint, or start it if it has none "
+                        "(re-run array tasks); with --all, entries whose summary.json exists are done")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra override for every entry (repeatable)")
     return p

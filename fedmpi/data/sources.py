@@ -71,7 +71,7 @@ def _to_split(frame, cfg, source: str) -> TextSplit:
         raise ConfigError(f"{source}: label column '{cfg.label_column}' must hold integer class indices "
                           f"(found {bad!r}); map names to indices with a labels.json") from None
     if len(labels) and (not np.isfinite(labels).all() or (labels != np.round(labels)).any()):
-        bad = next(v for v in labels if not (np.isfinite(v) and v == round(v)))
+        bad = float(next(v for v in labels if not (np.isfinite(v) and v == round(v))))
         raise ConfigError(f"{source}: label column '{cfg.label_column}' must hold integer class indices "
                           f"(found {bad!r})")
     labels = labels.astype(np.int64)

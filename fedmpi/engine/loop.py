@@ -22,7 +22,6 @@ class with its own `run_round` over the same hooks: see docs/architecture.md.
 """
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -45,6 +44,9 @@ from fedmpi.net.flat import flatten, unflatten_into
 from fedmpi.seeding import seed_torch
 from fedmpi.state.store import ClientStateStore
 from fedmpi.strategies.bundle import Strategies
+
+
+NO_ARRIVALS = "no client arrived this round (all dropped out or cut by the deadline): no training loss"
 
 
 def fault_injection(rank: int, rnd: int) -> None:
@@ -270,8 +272,10 @@ class SyncEngine:
         if stragglers:  # the server waited until the deadline
             totals.emulated_seconds = max(totals.emulated_seconds, fed.deadline_s)
         weight = sum(s["num_samples"] for c, s in stats.items() if c not in dropped)
-        loss = sum(s["loss_sum"] for c, s in stats.items() if c not in dropped) / weight if weight else math.nan
+        loss = sum(s["loss_sum"] for c, s in stats.items() if c not in dropped) / weight if weight else None
         row: dict[str, Any] = {"round": rnd, self.ctx.task.score: None, "loss": loss}
+        if loss is None:  # no NaN in metrics.jsonl: null, and why
+            row["loss_note"] = NO_ARRIVALS
         if self.due(rnd):
             row.update(self.evaluate())
             dp = self.strategies.dp
@@ -324,6 +328,8 @@ class SyncEngine:
             f"best_{score}": (max if self.ctx.task.higher_is_better else min)(
                 (r[score] for r in evaluated), default=None),
             "final_loss": rows[-1]["loss"] if rows else None,
+            **({"final_loss_note": rows[-1].get("loss_note", "no loss")}
+               if rows and rows[-1]["loss"] is None else {}),
             "total_bytes_up": sum(r["bytes_up"] for r in rows),
             "total_bytes_down": sum(r["bytes_down"] for r in rows),
             "total_transport_bytes": sum(r["transport_bytes"] for r in rows),
