@@ -140,7 +140,7 @@ CASES: dict[str, Case] = {
     "unknown-algorithm": Case("combinations", ["algorithm=fedavgg"], "unknown algorithm 'fedavgg'"),
     "splitfed-with-lora": Case("combinations", ["algorithm=splitfed"] + LORA, "leave method.name at 'full'"),
     "unknown-task": Case("combinations", ["task=regression"], "unknown task 'regression'"),
-    "unknown-strategy": Case("combinations", ["strategy.server.name=bogus"], "unknown strategy.server 'bogus'"),
+    "unknown-strategy": Case("combinations", ["strategy.server.name=bogus"], "unknown strategy.server.name 'bogus'"),
     "unknown-codec": Case("combinations", ["transport.up=int9"], "unknown transport codec 'int9'"),
     "nccl-without-gpus": Case("combinations", ["runtime.backend=nccl"], "runtime.backend=nccl needs a GPU for every"),
     "cuda-without-gpus": Case("combinations", ["runtime.device=cuda"], "runtime.device=cuda but ranks 0-2 see no GPU"),

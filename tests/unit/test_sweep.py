@@ -154,8 +154,8 @@ def test_all_runs_every_entry_in_order_and_resume_skips_the_finished(tmp_path):
     calls.clear()
     assert main([str(grid), "--all", "--resume", "--launcher", "none"], run_in_process=fake) == 0
     names = [next(a for a in argv if a.startswith("name=")).split("=", 1)[1] for argv in calls]
-    assert names[0].startswith("tiny-002") and "--resume" in calls[0]  # the cut one, continued
-    assert len(calls) == 4 and all("--resume" not in a for a in calls[1:])  # the rest, fresh
+    assert names[0].startswith("tiny-002") and "--resume-or-start" in calls[0]  # the cut one, continued
+    assert len(calls) == 4 and all("--resume-or-start" not in a for a in calls[1:])  # the rest, fresh
 
 
 def test_cases_cross_their_own_grid_with_the_top_grid(tmp_path):
