@@ -29,6 +29,7 @@ from fedmpi.algorithms.splitfed import SplitFed, SplitOptions
 from fedmpi.data.federated import Encoded
 from fedmpi.engine.training import Batch, LocalStats, to_device
 from fedmpi.metering.flops import FlopMeter, shape_key
+from fedmpi.metering.formulas import optimizer_step_flops
 from fedmpi.models.split import SplitModel
 from fedmpi.options import at_least, in_range, option, positive
 
@@ -140,6 +141,7 @@ class SFPrompt(SplitFed):
             return loss
 
         _, flops = self.ctx.meter.run(("local-loss", shape_key(batch)), step)
+        flops += optimizer_step_flops(opt)
         opt.step()
         return flops
 

@@ -1,7 +1,8 @@
 """Local work shared by algorithms: the optimizer and a metered training loop.
 
 The loss and the sample count of a batch are the task's; the FLOPs of every
-forward + backward are the meter's (one count per batch shape, cached).
+forward + backward are the meter's (one count per batch shape, cached), and
+those of every optimizer step the formula's (metering/formulas.py).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from fedmpi.data.federated import to_device
 from fedmpi.metering.flops import FlopMeter, shape_key
+from fedmpi.metering.formulas import optimizer_step_flops
 
 __all__ = ["Batch", "LocalStats", "make_optimizer", "to_device", "train_steps"]
 
@@ -43,7 +45,7 @@ class LocalStats:
 def train_steps(model: nn.Module, batches: Iterable[Batch], optimizer: torch.optim.Optimizer,
                 meter: FlopMeter, device: torch.device, loss_fn: LossFn, samples: Callable[[Batch], int],
                 tag: str = "train", stats: LocalStats | None = None) -> LocalStats:
-    """Forward, backward and step on each batch; FLOPs of fwd+bwd are metered."""
+    """Forward, backward and step on each batch; FLOPs of fwd+bwd are metered, the step's counted."""
     model.train()
     stats = stats or LocalStats()
     for batch in batches:
@@ -56,6 +58,7 @@ def train_steps(model: nn.Module, batches: Iterable[Batch], optimizer: torch.opt
             return loss
 
         loss, flops = meter.run((tag, id(model), shape_key(batch)), step)
+        flops += optimizer_step_flops(optimizer) if meter.enabled else 0
         optimizer.step()
         stats.add(samples(batch), float(loss.detach()), flops)
     return stats
