@@ -140,9 +140,11 @@ class SFPrompt(SplitFed):
             loss.backward()
             return loss
 
-        _, flops = self.ctx.meter.run(("local-loss", shape_key(batch)), step)
-        flops += optimizer_step_flops(opt)
-        opt.step()
+        key = ("local-loss", shape_key(batch))
+        with self.ctx.memory.measure(key, split, opt):
+            _, flops = self.ctx.meter.run(key, step)
+            flops += optimizer_step_flops(opt)
+            opt.step()
         return flops
 
     def report(self) -> dict[str, object]:

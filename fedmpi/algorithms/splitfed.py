@@ -90,12 +90,18 @@ class SplitFed(Algorithm):
         return stats
 
     def client_step(self, client: int, batch: Batch, opt: torch.optim.Optimizer, stats: LocalStats) -> None:
-        """Head forward, the four crossings, tail loss, head backward, one step."""
-        ctx, link, split = self.ctx, self.ctx.link, self.split
+        """Head forward, the four crossings, tail loss, head backward, one step (its memory measured)."""
+        ctx, split = self.ctx, self.split
         batch = to_device(batch, ctx.device)
         split.train()
         opt.zero_grad(set_to_none=True)
         key = shape_key(batch)
+        with ctx.memory.measure(("split-client", key), split, opt):
+            self._client_step(client, batch, opt, stats, key)
+
+    def _client_step(self, client: int, batch: Batch, opt: torch.optim.Optimizer, stats: LocalStats,
+                     key: tuple) -> None:
+        ctx, link, split = self.ctx, self.ctx.link, self.split
         (h1, mask), f_head = ctx.meter.run(("split-head-fwd", key), lambda: split.head(batch))
         link.to_server(mask.to(torch.uint8), client=client, kind=MASK)
         link.to_server(h1, client=client, kind=ACT)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from fedmpi.data.federated import to_device
+from fedmpi.metering.client_memory import ClientMemoryMeter
 from fedmpi.metering.flops import FlopMeter, shape_key
 from fedmpi.metering.formulas import optimizer_step_flops
 
@@ -44,8 +45,11 @@ class LocalStats:
 
 def train_steps(model: nn.Module, batches: Iterable[Batch], optimizer: torch.optim.Optimizer,
                 meter: FlopMeter, device: torch.device, loss_fn: LossFn, samples: Callable[[Batch], int],
-                tag: str = "train", stats: LocalStats | None = None) -> LocalStats:
-    """Forward, backward and step on each batch; FLOPs of fwd+bwd are metered, the step's counted."""
+                tag: str = "train", stats: LocalStats | None = None,
+                memory: ClientMemoryMeter | None = None) -> LocalStats:
+    """Forward, backward and step on each batch; FLOPs of fwd+bwd are metered, the step's
+    counted, and the step's memory measured (once per batch shape)."""
+    memory = memory or ClientMemoryMeter(enabled=False)
     model.train()
     stats = stats or LocalStats()
     for batch in batches:
@@ -57,8 +61,10 @@ def train_steps(model: nn.Module, batches: Iterable[Batch], optimizer: torch.opt
             loss.backward()
             return loss
 
-        loss, flops = meter.run((tag, id(model), shape_key(batch)), step)
-        flops += optimizer_step_flops(optimizer) if meter.enabled else 0
-        optimizer.step()
+        key = (tag, id(model), shape_key(batch))
+        with memory.measure(key, model, optimizer):
+            loss, flops = meter.run(key, step)
+            flops += optimizer_step_flops(optimizer) if meter.enabled else 0
+            optimizer.step()
         stats.add(samples(batch), float(loss.detach()), flops)
     return stats
