@@ -36,6 +36,10 @@ class ModelConfig:
     num_heads: int = option(2, check=positive)
     intermediate_size: int = option(64, check=positive)
     image_size: int = option(28, check=positive, help="image models: side length images are resized to")
+    pooling: str = option("auto", choices=("auto", "cls", "mean"),
+                          help="what the classifier reads: the class token, the mean of the token rows "
+                               "(prompt and pad rows excluded), or auto: the architecture's own head "
+                               "(BERT/ViT: class token, CLIP: patch mean); see models/prompting.py")
 
 
 @dataclass
@@ -133,6 +137,9 @@ class ComputeConfig:
     client_gflops: float = option(50.0, check=positive, help="emulated client device speed, GFLOP/s")
     server_gflops: float = option(5000.0, check=positive)
     heterogeneity: float = option(0.0, check=at_least(0), help="lognormal sigma of client speed")
+    client_memory_mb: float | None = option(None, check=positive,
+                                            help="client device memory: a run whose clients need more to train "
+                                                 "(weights, gradients, optimizer, activations) is refused")
 
 
 @dataclass
@@ -142,6 +149,8 @@ class AttackConfig:
     trigger: str = option("cf")
     trigger_position: int = option(0, help="token position where the trigger word goes; -1 = end")
     target_label: int = option(0, check=at_least(0))
+    min_malicious_per_round: int = option(0, check=at_least(0),
+                                          help="guarantee this many malicious clients in every round's sample")
 
 
 @dataclass

@@ -54,7 +54,7 @@ def preflight(cfg: ExperimentConfig) -> tuple[Task, Dataset, list[np.ndarray]]:
     task = TASKS.get(cfg.task)(cfg)
     dataset = task.load_data()
     parts = task.partition(dataset)
-    backdoor.check(cfg.attack, dataset)
+    backdoor.check(cfg.attack, dataset, cfg.federation)
     tracker.check(cfg.output.tracker)
     return task, dataset, parts
 

@@ -39,6 +39,7 @@ from fedmpi.engine.sampling import drops_out, sample_clients
 from fedmpi.engine.training import LocalStats
 from fedmpi.engine.uplink import Uplink
 from fedmpi.metering.ledger import UP
+from fedmpi.metering.client_memory import enforce_cap, heaviest
 from fedmpi.metering.memory import peak_memory_bytes
 from fedmpi.net.flat import flatten, unflatten_into
 from fedmpi.seeding import seed_torch
@@ -91,9 +92,12 @@ class SyncEngine:
             for rnd in range(start, fed.rounds):
                 self.run_round(rnd)
             peaks = link.gather(peak_memory_bytes(ctx.device))
+            needs = link.gather(ctx.memory.heaviest)
             if not ctx.rt.is_server:
                 return None
             summary = self._summary(time.perf_counter() - wall0, peaks, checkpoint)
+            need = heaviest(needs)  # the heaviest client step measured (metering/client_memory.py)
+            summary["client_memory"] = need.as_dict() if need is not None else None
             for cb in self.callbacks:
                 cb.on_end(summary)
             self.writer.summary(summary)
@@ -138,7 +142,7 @@ class SyncEngine:
         fault_injection(ctx.rt.rank, rnd)
         t0 = time.perf_counter()
         sampled = sample_clients(fed.num_clients, fed.clients_per_round, cfg.seed, rnd, fed.over_selection,
-                                 fed.sampling)
+                                 fed.sampling, ctx.sampling_quota)
         for cb in self.callbacks:
             cb.on_round_start(rnd, sampled)
         algo.before_round(rnd, sampled)
@@ -159,6 +163,7 @@ class SyncEngine:
         if ctx.rt.is_server:
             algo.serve(rnd, ctx.live(rnd, sampled))
         result = agg.finish()
+        enforce_cap(link, ctx.memory, cfg.compute.client_memory_mb)
         if ctx.rt.is_server:
             self._apply(rnd, result)
         self._return_state(sampled, result)

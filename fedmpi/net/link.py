@@ -93,12 +93,12 @@ class Link:
             self.ledger.add(self.round, client, direction, kind, bytes=nbytes, seconds=secs, raw_bytes=raw_bytes)
         return secs
 
-    def charge_compute(self, client: int, flops: int) -> float:
-        """A client's local compute on its emulated device."""
+    def charge_compute(self, client: int, flops: int, kind: str = "compute") -> float:
+        """A client's local compute on its emulated device (kind `init` for one-off set-up work)."""
         secs = flops / self.speeds[client]
         self._elapsed[client] += secs
         if self.ledger is not None and flops > 0:
-            self.ledger.add(self.round, client, LOCAL, "compute", flops=int(flops), seconds=secs)
+            self.ledger.add(self.round, client, LOCAL, kind, flops=int(flops), seconds=secs)
         return secs
 
     def charge_server(self, kind: str, flops: int) -> float:
