@@ -76,7 +76,7 @@ def build(cfg: ExperimentConfig, rt: Runtime, prep: Prepared, resume: bool = Fal
     ctx = Context(cfg, rt, link, data, prep.task, FlopMeter(), prep.model.to(rt.device), ClientState(uses_state),
                   run_dir=writer.dir if writer is not None else None)
     algorithm = algorithm_cls(ctx)
-    plugins: list[Callback] = [InitialSync()]
+    plugins: list[Callback] = [InitialSync(), *prep.task.callbacks(ctx)]  # the task's own (LLM: generations)
     if cfg.attack.malicious_fraction > 0:
         plugins.append(backdoor.BackdoorAttack(ctx))
     store = None

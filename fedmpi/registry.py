@@ -52,6 +52,7 @@ METHODS = Registry("method.name", {
 # What is learned and how it is scored (model head, batches, loss, metrics).
 TASKS = Registry("task", {
     "classification": "fedmpi.tasks.classification:Classification",
+    "causal_lm": "fedmpi.tasks.causal_lm:CausalLM",
 })
 
 # How a message is encoded on the wire; the ledger charges the encoded bytes.
@@ -59,4 +60,5 @@ CODECS = Registry("transport codec", {
     "fp32": "fedmpi.net.codec:Identity",
 })
 
-PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
+# "natural": the dataset's own clients (chitchat participants); only where a task has them.
+PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "natural")
