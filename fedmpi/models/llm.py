@@ -76,6 +76,7 @@ def cached(name: str, convert: Callable[[Path], None], root: Path | None = None)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
         try:
             convert(tmp)
+            os.chmod(tmp, 0o755)  # mkdtemp made it private; the cache is for every user of the machine
             os.rename(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -266,6 +267,42 @@ def tiny_llama_config(cfg, tokenizer) -> Any:
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
+class _SiLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return nn.functional.silu(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(x)
+        return grad * s * (1 + x * (1 - s))
+
+
+class ExactSiLU(nn.Module):
+    """SiLU with its derivative written out in elementwise ops.
+
+    torch.utils.flop_counter.FlopCounterMode decomposes aten.silu_backward
+    (it has a CompositeImplicit kernel), so the one step per batch shape that the
+    FLOP meter counts would differ in the last bits from the same step uncounted,
+    and which client's step gets counted depends on how clients are packed into
+    ranks: results would differ between 3 and 5 ranks. Same forward bits as
+    nn.SiLU; a backward that is the same under any dispatch mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SiLU.apply(x)
+
+
+def exact_activations(model: nn.Module) -> nn.Module:
+    """Replace every SiLU of the model (Llama / Qwen MLPs) by ExactSiLU."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.SiLU) or type(child).__name__ == "SiLUActivation":
+                setattr(parent, name, ExactSiLU())
+    return model
+
+
 def max_positions(model: nn.Module) -> int | None:
     config = model.config
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -289,7 +326,7 @@ def build_llm(cfg, seed: int, tokenizer) -> nn.Module:
     if limit is not None and cfg.max_length > limit:
         raise ConfigError(f"model.max_length {cfg.max_length} is beyond {cfg.name}'s {limit} positions")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model
+    return exact_activations(model)
 
 
 def is_causal_lm(model: nn.Module) -> bool:
