@@ -199,10 +199,15 @@ def verbalisers(label_names: list[str], given: list[str] | None) -> list[str]:
     return out
 
 
+def join_choices(choices: list[str]) -> str:
+    """"a or b", "a, b or c": how an instruction names the answers."""
+    return choices[0] if len(choices) == 1 else f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+
 def as_instructions(split, choices: list[str], instruction: str) -> LMSplit:
     """A TextSplit (text [, text_b], label) as prompts whose answer is the label's verbaliser."""
     texts, texts_b, labels = split.texts, split.texts_b, np.asarray(split.labels, dtype=np.int64)
-    head = instruction.replace("{choices}", ", ".join(choices))
+    head = instruction.replace("{choices}", join_choices(choices))
 
     def prompt(i: int) -> Messages:
         body = texts[i] if texts_b is None else f"Sentence 1: {texts[i].strip()}\nSentence 2: {texts_b[i].strip()}"
