@@ -92,6 +92,23 @@ def zeroshot(config: str, overrides: list[str]) -> dict:
     return prep.task.evaluate(prep.model, data.test_batches(cfg.train.eval_batch_size), torch.device("cpu"))
 
 
+def memory(tmp: Path, config: Path) -> tuple[dict[int, list[int]], list[str]]:
+    """Peak RSS per rank, one client rank hosting 1 vs 20 virtual clients (one local step each)."""
+    from bench.common import fedmpi_cmd, run_measured, shown
+
+    peaks, cmds = {}, []
+    for k in (1, 20):
+        # max_length 32: every batch is 4 x 32 tokens, so peaks differ only by what each client adds
+        # (at 96, more clients meet more of the 32/64/96 widths, and the widest batch sets the peak)
+        cmd = fedmpi_cmd(2, tmp, f"mem{k}", *ROUND, "federation.rounds=1", f"federation.num_clients={k}",
+                         f"federation.clients_per_round={k}", "train.local_steps=1", "output.checkpoint=false",
+                         "model.max_length=32", config=config)
+        run_measured(cmd, timeout=900).check()
+        peaks[k] = json.loads((tmp / f"mem{k}" / "summary.json").read_text())["peak_memory_bytes"]
+        cmds.append(shown(cmd))
+    return peaks, cmds
+
+
 def bench(reps: int = 2, rounds: int = 3) -> "Section":
     from bench.common import PY, ROOT, Section, fedmpi_cmd, median, mib, run_measured, shown, table, verdict
 
@@ -124,14 +141,7 @@ def bench(reps: int = 2, rounds: int = 3) -> "Section":
     ratio_round = median(fed_round) / median(plain_round)
     ratio_run = median(fed_run) / median(plain_run)
 
-    peaks, mem_cmds = {}, []
-    for k in (1, 20):  # one client rank hosting k virtual clients, one local step each
-        cmd = fedmpi_cmd(2, tmp, f"mem{k}", *ROUND, "federation.rounds=1", f"federation.num_clients={k}",
-                         f"federation.clients_per_round={k}", "train.local_steps=1", "output.checkpoint=false",
-                         config=config)
-        run_measured(cmd, timeout=900).check()
-        peaks[k] = json.loads((tmp / f"mem{k}" / "summary.json").read_text())["peak_memory_bytes"]
-        mem_cmds.append(shown(cmd))
+    peaks, mem_cmds = memory(tmp, config)
     mem_ratio = peaks[20][1] / peaks[1][1]
 
     rows = [["fedmpi launch -n 2", median(fed_round), median(fed_run), tokens_per_round / median(fed_round),
@@ -148,6 +158,9 @@ def bench(reps: int = 2, rounds: int = 3) -> "Section":
               f"{ratio_run:.3f}× over all rounds including the final evaluation. Final LoRA state bitwise "
               f"identical to the plain loop's: {same}. Start-up (imports, chitchat JSON, cached SmolLM2 load; "
               f"fedmpi also the process group and per-rank imports) is excluded above.\n\n"
+            + "Memory: one round of one local step per client, model.max_length 32 so every batch is 4 x 32 "
+              "tokens (at 96 more clients meet more of the 32/64/96 widths and the widest batch sets the peak, "
+              "which is not a per-client cost).\n\n"
             + table(["virtual clients on the client rank", "peak RSS server", "peak RSS client rank"],
                     [[k, mib(peaks[k][0]), mib(peaks[k][1])] for k in (1, 20)])
             + f"\n\n**peak memory, 20 vs 1 virtual clients = {mem_ratio:.3f}×** ({verdict(mem_ratio, 1.1)} ≤ 1.1×): "
@@ -170,7 +183,14 @@ def main(argv: list[str]) -> None:
         ap.add_argument("--bench", action="store_true")
         ap.add_argument("--reps", type=int, default=2)
         ap.add_argument("--rounds", type=int, default=3)
+        ap.add_argument("--memory-only", action="store_true")
         a = ap.parse_args(argv)
+        if a.memory_only:
+            from bench.common import ROOT
+
+            peaks, cmds = memory(Path(tempfile.mkdtemp(prefix="bench_llm_")), ROOT / CONFIG)
+            print(json.dumps({"peaks": peaks, "ratio": peaks[20][1] / peaks[1][1], "commands": cmds}, indent=1))
+            return
         section = bench(a.reps, a.rounds)
         print(section.markdown())
         print(json.dumps(section.figures, indent=1))

@@ -68,3 +68,30 @@ def test_classification_only_algorithm_refused_before_ranks_start(tmp_path: Path
     assert run.proc.returncode == 2
     assert "fedmpi: error: algorithm 'splitfed' cannot run task causal_lm" in run.proc.stderr
     assert not (tmp_path / "run").exists()  # no rank ever started a run
+
+
+@pytest.mark.parametrize("method, trainable, extra", [
+    ("prompt", 4 * HIDDEN, ("method.num_virtual_tokens=4",)),  # the soft prompt only
+    ("federa", LORA_NUMEL, ()),  # LoRA from the SVD; the q/v residuals go out once (kind init)
+    ("full", None, ()),  # every parameter (a tiny model)
+])
+def test_other_methods_train_and_travel_exactly_their_state(tmp_path: Path, method: str, trainable, extra) -> None:
+    tree = yaml.safe_load(CONFIG.read_text())
+    tree["method"] = {"name": method}
+    config = tmp_path / f"{method}.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    run = launch(tmp_path, 3, "federation.rounds=1", "train.lr=0.01", "output.checkpoint=false", *extra,
+                 config=config, timeout=90)
+    assert_ok(run)
+    s = run.summary
+    if trainable is None:
+        trainable = s["total_params"]
+    assert s["trainable_params"] == trainable
+    rows = [r for r in run.ledger if r["kind"] in ("model", "update")]
+    assert {r["bytes"] for r in rows} == {trainable * 4} and len(rows) == 2 * 4
+    init = [r for r in run.ledger if r["kind"] == "init" and r["direction"] == "down"]
+    if method == "federa":  # 2 layers x (q, v) residual weights, 32 x 32 float32, to each of 8 clients
+        assert {r["bytes"] for r in init} == {LAYERS * 2 * HIDDEN * HIDDEN * 4} and len(init) == 8
+    else:
+        assert not init
+    assert s["final_eval_loss"] == s["best_eval_loss"] and s["final_eval_loss"] < 11.0
