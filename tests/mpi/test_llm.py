@@ -77,7 +77,7 @@ def test_classification_only_algorithm_refused_before_ranks_start(tmp_path: Path
 ])
 def test_other_methods_train_and_travel_exactly_their_state(tmp_path: Path, method: str, trainable, extra) -> None:
     tree = yaml.safe_load(CONFIG.read_text())
-    tree["method"] = {"name": method}
+    tree["method"] = {"name": method, **({"r": R} if method == "federa" else {})}
     config = tmp_path / f"{method}.yaml"
     config.write_text(yaml.safe_dump(tree))
     run = launch(tmp_path, 3, "federation.rounds=1", "train.lr=0.01", "output.checkpoint=false", *extra,
