@@ -203,6 +203,7 @@ class ExperimentConfig:
         if fed.clients_per_round > fed.num_clients:
             raise ConfigError(f"federation.clients_per_round ({fed.clients_per_round}) > "
                               f"federation.num_clients ({fed.num_clients})")
+        TASKS.get(self.task).check(self)
         ALGORITHMS.get(self.algorithm).check(self)
         METHODS.get(self.method.name).check(self)
 

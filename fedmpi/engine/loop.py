@@ -239,12 +239,12 @@ class SyncEngine:
         rows = self.writer.read_metrics()
         evaluated = [r for r in rows if r.get(score) is not None]
         final = evaluated[-1] if evaluated else {}
-        best = max if self.ctx.task.higher_is_better else min  # a loss-like score is best at its minimum
         summary: dict[str, Any] = {
             "name": cfg.name, "algorithm": cfg.algorithm, "method": cfg.method.name,
             "model": cfg.model.name, "data": cfg.data.name, "partition": cfg.data.partition,
             "rounds": len(rows), f"final_{score}": final.get(score),
-            f"best_{score}": best((r[score] for r in evaluated), default=None),
+            f"best_{score}": (max if self.ctx.task.higher_is_better else min)(
+                (r[score] for r in evaluated), default=None),
             "final_loss": rows[-1]["loss"] if rows else None,
             "total_bytes_up": sum(r["bytes_up"] for r in rows),
             "total_bytes_down": sum(r["bytes_down"] for r in rows),

@@ -5,6 +5,9 @@ appends one line to generations.jsonl in the run folder:
     {"round": 4, "generations": [{"prompt": "...", "output": "..."}, ...]}
 
 Loss and perplexity say how well the model fits; these lines show what it says.
+`causal_lm_plugins` is what experiment.py adds to every causal_lm run: this,
+FlowerTune's communication cost (plugins/communication.py) and the task's report
+on its data (participants kept / left out, verbalisers) in summary.json.
 """
 from __future__ import annotations
 
@@ -16,8 +19,30 @@ import torch
 from torch import nn
 
 from fedmpi.engine.callbacks import Callback
+from fedmpi.engine.context import Context
+from fedmpi.plugins.communication import CommunicationCost
 
 FILE = "generations.jsonl"
+
+
+def causal_lm_plugins(ctx: Context) -> list[Callback]:
+    plugins: list[Callback] = [CommunicationCost(), TaskReport(ctx.task.info)]
+    k = ctx.task.opts.generations
+    if k and ctx.rt.is_server:
+        texts, ids = ctx.task.generation_prompts(ctx.data.dataset, k)
+        plugins.append(Generations(ctx.run_dir, ctx.task.tokenizer(), texts, ids, ctx.task.opts.max_new_tokens,
+                                   ctx.device))
+    return plugins
+
+
+class TaskReport(Callback):
+    """What the task decided about its data, as summary.json's `task` block."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.info = info
+
+    def on_end(self, summary: dict[str, Any]) -> None:
+        summary["task"] = dict(self.info)
 
 
 class Generations(Callback):

@@ -20,12 +20,11 @@ Batch = dict[str, torch.Tensor]
 class Task:
     name: ClassVar[str] = "task"
     Options: ClassVar[type] = NoOptions
-    score: ClassVar[str] = "accuracy"  # the metric summaries report as final / best
-    higher_is_better: ClassVar[bool] = True  # False for a loss-like score: best_<score> is then the minimum
+    score: ClassVar[str] = "accuracy"  # the metric summaries report as final_<score> / best_<score>
+    higher_is_better: ClassVar[bool] = True
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
-        self.check(cfg)  # every task is made before any rank starts (launcher, prepare): refuse bad configs there
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -60,7 +59,3 @@ class Task:
     # -- scoring ------------------------------------------------------------
     def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
         raise NotImplementedError
-
-    def callbacks(self, ctx: Any) -> list[Any]:
-        """Engine callbacks this task adds to every run (e.g. sample generations), on every rank."""
-        return []

@@ -32,8 +32,6 @@ from torch import nn
 
 from fedmpi.data.instructions import LMSplit, Messages, locate
 from fedmpi.data.splits import Dataset
-from fedmpi.engine.callbacks import Callback
-from fedmpi.engine.training import to_device
 from fedmpi.errors import ConfigError
 from fedmpi.options import at_least, in_range, option, positive
 from fedmpi.tasks.base import Batch, Task
@@ -206,14 +204,8 @@ def choice_logliks(model: nn.Module, prompts: list[list[int]], choices: list[lis
     return out.view(len(prompts), len(choices))
 
 
-class TaskReport(Callback):
-    """Adds what the task decided about its data to summary.json."""
-
-    def __init__(self, info: dict[str, Any]) -> None:
-        self.info = info
-
-    def on_end(self, summary: dict[str, Any]) -> None:
-        summary["task"] = dict(self.info)
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 class CausalLM(Task):
@@ -395,19 +387,13 @@ class CausalLM(Task):
             self._choice_cache = [tok(c, add_special_tokens=False)["input_ids"] for c in self.info["verbalisers"]]
         return self._choice_cache
 
-    def callbacks(self, ctx: Any) -> list[Callback]:
-        from fedmpi.plugins.communication import CommunicationCost
-        from fedmpi.plugins.generations import Generations
-
-        out: list[Callback] = [CommunicationCost(), TaskReport(self.info)]
-        k = min(self.opts.generations, len(ctx.data.dataset.test))
-        if k and ctx.rt.is_server:
-            fmt, test = self.prompt_format(self.tokenizer()), ctx.data.dataset.test
-            prompts = [test.prompts[i] for i in range(k)]
-            out.append(Generations(ctx.run_dir, self.tokenizer(), [fmt.prompt_text(p) for p in prompts],
-                                   [fit(fmt.prompt_ids(p), [], self.cfg.model.max_length)[0] for p in prompts],
-                                   self.opts.max_new_tokens, ctx.device))
-        return out
+    def generation_prompts(self, dataset: Dataset, k: int) -> tuple[list[str], list[list[int]]]:
+        """The first k test prompts (fixed for the run), as text and as the token ids
+        the model continues: what plugins/generations.py decodes at each evaluation."""
+        fmt, test = self.prompt_format(self.tokenizer()), dataset.test
+        prompts = [test.prompts[i] for i in range(min(k, len(test)))]
+        return ([fmt.prompt_text(p) for p in prompts],
+                [fit(fmt.prompt_ids(p), [], self.cfg.model.max_length)[0] for p in prompts])
 
 
 def _chars(split: LMSplit, i: int) -> int:
