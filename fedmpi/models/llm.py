@@ -331,5 +331,8 @@ def build_llm(cfg, seed: int, tokenizer) -> nn.Module:
 
 def is_causal_lm(model: nn.Module) -> bool:
     """A decoder LM (also under a peft wrapper): the methods that look for a classifier head ask this."""
+    from transformers import GenerationMixin
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return type(base).__name__.endswith("ForCausalLM")
+    config = getattr(base, "config", None)
+    return isinstance(base, GenerationMixin) and not getattr(config, "is_encoder_decoder", False)

@@ -114,3 +114,29 @@ def test_exact_silu_matches_silu_and_is_stable_under_the_flop_counter() -> None:
     assert torch.equal(grad(exact, False), grad(exact, True))
     # the reason it exists: torch's own silu backward is not bitwise stable under the counter
     assert not torch.equal(grad(torch.nn.functional.silu, False), grad(torch.nn.functional.silu, True))
+
+
+def test_a_local_folder_loads_through_the_auto_classes(tok, tmp_path) -> None:
+    model = _model(tok)
+    model.save_pretrained(tmp_path / "llama")
+    tok.save_pretrained(tmp_path / "llama")
+    cfg = SimpleNamespace(**{**vars(CFG), "name": str(tmp_path / "llama")})
+    again = build_llm(cfg, 1, load_tokenizer(cfg))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_gpt2_needs_its_own_lora_targets(tok, tmp_path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128)) \
+        .save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    cfg = SimpleNamespace(**{**vars(CFG), "name": str(tmp_path / "gpt2")})
+    model = build_llm(cfg, 0, load_tokenizer(cfg))
+    assert is_causal_lm(model)
+    with pytest.raises(ConfigError, match=r"target_modules \['query', 'value'\] not found in GPT2LMHeadModel"):
+        LoRA.apply(model, LoraOptions())
+    lora = LoRA.apply(model, LoraOptions(r=2, target_modules=["c_attn"]))
+    assert sum(_trainable(lora).values()) == 2 * 2 * (32 + 3 * 32)
+    with pytest.raises(ConfigError, match="beyond .* 128 positions"):
+        build_llm(SimpleNamespace(**{**vars(cfg), "max_length": 129}), 0, tok)
