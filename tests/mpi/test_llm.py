@@ -95,3 +95,16 @@ def test_other_methods_train_and_travel_exactly_their_state(tmp_path: Path, meth
     else:
         assert not init
     assert s["final_eval_loss"] == s["best_eval_loss"] and s["final_eval_loss"] < 11.0
+
+
+def test_ranks_share_one_conversion_through_the_cache_lock(tmp_path: Path) -> None:
+    """An empty cache: each of 3 ranks builds the model in `prepare`, so each asks for
+    SmolLM2's tokenizer at once; one converts it from the GGUF while the others wait."""
+    cache = tmp_path / "cache"
+    run = launch(tmp_path, 3, "federation.rounds=1", "output.checkpoint=false", config=CONFIG, timeout=90,
+                 env={"FEDMPI_CACHE": str(cache)})
+    assert_ok(run)
+    folders = [p for p in cache.iterdir() if p.is_dir()]
+    assert len(folders) == 1 and folders[0].name.endswith("-tokenizer")
+    assert (folders[0] / "tokenizer.json").is_file()
+    assert not [p for p in cache.iterdir() if ".tmp-" in p.name]  # nothing half-written left behind
