@@ -283,6 +283,8 @@ class ExperimentConfig:
     output: OutputConfig = option(default_factory=OutputConfig)
     # The algorithm's own knobs (split points, pruning ratio, ...), typed by its Options.
     options: Any = option(default_factory=dict, select=ALGORITHMS, select_by="algorithm")
+    # The task's own knobs (prompt format, verbalisers, ...), typed by its Options.
+    task_options: Any = option(default_factory=dict, select=TASKS, select_by="task")
 
     @property
     def run_dir(self) -> Path:

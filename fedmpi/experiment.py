@@ -29,7 +29,7 @@ from fedmpi.net.clock import make_clock
 from fedmpi.net.codec import Transport
 from fedmpi.net.link import Link
 from fedmpi.net.profiles import client_profiles, client_speeds
-from fedmpi.plugins import backdoor, tracker
+from fedmpi.plugins import backdoor, generations, tracker
 from fedmpi.plugins.init_sync import InitialSync
 from fedmpi.registry import ALGORITHMS, TASKS
 from fedmpi.runtime import Runtime
@@ -90,6 +90,8 @@ def build(cfg: ExperimentConfig, rt: Runtime, prep: Prepared, resume: bool = Fal
                   run_dir=writer.dir if writer is not None else None)
     algorithm = algorithm_cls(ctx)
     plugins: list[Callback] = [InitialSync()]
+    if cfg.task == "causal_lm":  # sample generations, FlowerTune's communication cost, the data report
+        plugins += generations.causal_lm_plugins(ctx)
     if cfg.attack.malicious_fraction > 0:
         plugins.append(backdoor.BackdoorAttack(ctx))
     store = None

@@ -16,6 +16,7 @@ from torch import nn
 
 from fedmpi.errors import ConfigError
 from fedmpi.metering.flops import svd_flops
+from fedmpi.models.llm import LLAMA_NAMES, is_causal_lm
 from fedmpi.models.methods import Method, MethodOptions
 from fedmpi.models.prompting import insert_text_prompt, mark_vision_prompt, text_encoder
 from fedmpi.models.sync import mark_client_work, mark_synced
@@ -63,10 +64,13 @@ def _targets(model: nn.Module, cfg: Any) -> list[str]:
 
 
 def _lora(model: nn.Module, cfg: Any, init: bool | str) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, TaskType, get_peft_model
 
+    # A causal LM gets peft's CAUSAL_LM wrapper (generate() for the generations plug-in);
+    # its tied LM head is never a head to save: it is the vocabulary embedding.
     lcfg = LoraConfig(r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=_targets(model, cfg), init_lora_weights=init,
+                      task_type=TaskType.CAUSAL_LM if is_causal_lm(model) else None,
                       modules_to_save=[n for n, _ in model.named_children() if n in HEAD_NAMES] or None)
     peft_model = get_peft_model(model, lcfg)
     if not cfg.train_head:
@@ -178,7 +182,9 @@ def prompt(model: nn.Module, cfg: Any) -> nn.Module:
         return model
     # Prompts start as embeddings of random vocabulary tokens: peft's default
     # N(0, 1) init is ~20x the scale of BERT word embeddings and stalls training.
-    pcfg = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=cfg.num_virtual_tokens,
+    # A causal LM's prompt is prepended to its input (and -100 to its labels) by CAUSAL_LM.
+    task_type = TaskType.CAUSAL_LM if is_causal_lm(model) else TaskType.SEQ_CLS
+    pcfg = PromptTuningConfig(task_type=task_type, num_virtual_tokens=cfg.num_virtual_tokens,
                               prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
     peft_model = get_peft_model(model, pcfg)
     if not cfg.train_head:
@@ -295,12 +301,20 @@ class BitFit(Method):
     Options = BitFitOptions
 
     @classmethod
+    def check(cls, cfg: Any) -> None:
+        if cfg.task == "causal_lm" and cfg.model.name in LLAMA_NAMES:
+            raise ConfigError(f"method bitfit trains bias terms; {cfg.model.name} is a Llama, which has none "
+                              "(BitFit would train nothing): use lora, federa, prompt or full")
+
+    @classmethod
     def apply(cls, model: nn.Module, cfg: Any) -> nn.Module:
         freeze(model)
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.requires_grad_(True)
-        if cfg.train_head:
+        biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
+        if not biases:
+            raise ConfigError(f"method bitfit: {type(model).__name__} has no bias terms, BitFit would train nothing")
+        for p in biases:
+            p.requires_grad_(True)
+        if cfg.train_head and not is_causal_lm(model):  # a causal LM's head is its tied vocabulary embedding
             train_head(model)
         return model
 
@@ -314,6 +328,13 @@ class Head(Method):
     """Linear probing: the classifier head only."""
     name = "head"
     Options = HeadOptions
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        if cfg.task == "causal_lm":
+            raise ConfigError("method head trains a small classifier head; a causal LM's head is its tied vocabulary "
+                              "embedding (SmolLM2: 49152 x 576 = 28.3M parameters, a fifth of the model), not a "
+                              "small head: use lora, federa or prompt")
 
     @classmethod
     def apply(cls, model: nn.Module, cfg: Any) -> nn.Module:
