@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import assert_ok, launch
-from test_signals import REALTIME, SLOW, start, survivors, wait_for_rows
+from test_job_signals import REALTIME, SLOW, start, survivors, wait_for_rows
 
 pytestmark = pytest.mark.mpi
 
