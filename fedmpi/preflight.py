@@ -24,6 +24,8 @@ def check_model(cfg: Any, num_labels: int) -> None:
     unless the algorithm checks structure (no transformers import then)."""
     from fedmpi.models import backbone, vision
 
+    if cfg.task == "causal_lm":
+        return _check_llm(cfg.model.name)
     algorithm = ALGORITHMS.get(cfg.algorithm)
     structural = getattr(algorithm.check_model, "__func__", None) is not Algorithm.check_model.__func__
     packaged = cfg.model.name in (backbone.TINY, backbone.MINILM, vision.TINY_VIT, vision.TINY_CLIP)
@@ -45,6 +47,21 @@ def check_model(cfg: Any, num_labels: int) -> None:
         except Exception:  # noqa: BLE001 - a method that cannot run on meta: the ranks check it for real
             return
     algorithm.check_model(cfg, model)
+
+
+def _check_llm(name: str) -> None:
+    """A decoder LLM's path or hub id loads its config (embedded names and GGUF files
+    are checked by the causal-LM task itself; converting one here would be the slow part)."""
+    from fedmpi.models import llm
+
+    if name in llm.LLAMA_NAMES or llm._is_gguf(name):
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise llm._load_error(name, exc) from None
 
 
 def skeleton(cfg: Any, num_labels: int):

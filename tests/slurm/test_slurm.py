@@ -169,6 +169,7 @@ def test_sigterm_under_srun_stops_every_rank_checkpoint_intact(slurm, tmp_path):
     print(f"\n[srun] SIGTERM: ranks gone in {took:.1f} s")
 
 
+@pytest.mark.slow  # 5+ min: Slurm holds a requeued job before it starts again
 def test_preemption_notice_requeues_and_the_job_resumes_bit_identically(slurm, tmp_path):
     """`#SBATCH --signal=B:USR1@120`, emulated with `scancel --batch --signal=USR1`: the
     script forwards it, fedmpi checkpoints at the round boundary and exits 75, the
