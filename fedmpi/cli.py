@@ -69,7 +69,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         raise ConfigError(f"fedmpi needs at least 2 ranks (1 server + clients), got -n {args.ranks}")
     from fedmpi.experiment import preflight
 
-    preflight(cfg)  # data and plug-in errors now, printed once, not once per rank
+    task, dataset, _ = preflight(cfg)  # data and plug-in errors now, printed once, not once per rank
+    task.fill_cache(dataset)  # tokenised once here, memory-mapped by every rank (fedmpi/data/cache.py)
     argv = [args.config] + [x for kv in args.overrides for x in ("--set", kv)]
     argv += ["--resume"] if args.resume else []
     cmd, env = launch_command(find_mpiexec(args.mpiexec), args.ranks, argv)
