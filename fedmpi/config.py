@@ -226,6 +226,9 @@ class RuntimeConfig:
                               help="collective timeout: backstop if a launcher fails to end the job")
     threads: int | None = option(None, check=positive, resume=True,
                                  help="torch threads per rank (default: cores / local ranks)")
+    placement: str = option("balanced", choices=("balanced", "round_robin"), resume=True,
+                            help="which rank hosts a sampled client: balanced by expected work each "
+                                 "round, or fixed by id (results are the same either way)")
 
 
 @dataclass

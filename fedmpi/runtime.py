@@ -33,6 +33,7 @@ class Runtime:
     backend: str
     device: torch.device
     comm: Any = None  # mpi4py communicator when launched by MPI
+    placement: dict[int, int] | None = None  # this round's client -> rank, set by the engine (engine/placement.py)
 
     @property
     def is_server(self) -> bool:
@@ -43,7 +44,9 @@ class Runtime:
         return self.world_size - 1
 
     def rank_of_client(self, client: int) -> int:
-        """Clients are dealt round-robin over ranks 1..N-1."""
+        """The round's placement; clients outside it are dealt round-robin over ranks 1..N-1."""
+        if self.placement is not None and client in self.placement:
+            return self.placement[client]
         return 1 + client % self.num_client_ranks
 
     def clients_here(self, clients: list[int]) -> list[int]:

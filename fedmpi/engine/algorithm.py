@@ -64,6 +64,13 @@ class Algorithm:
         """On the client's rank, with the global state loaded into `params`."""
         raise NotImplementedError
 
+    def client_work(self, client: int) -> float:
+        """A client's expected local work in a round, in any unit (only ratios matter): the
+        engine balances each round's clients over the ranks by it (engine/placement.py); it
+        never changes results. Default: the samples its local steps process."""
+        t = self.ctx.cfg.train
+        return t.local_steps * min(t.batch_size, self.ctx.data.client_size(client))
+
     def serve(self, rnd: int, live: list[int]) -> None:
         """Server, while the clients train: its share of split learning."""
 

@@ -36,6 +36,7 @@ from fedmpi.engine.callbacks import Callback
 from fedmpi.engine.context import Context
 from fedmpi.engine.downlink import DeltaDownlink
 from fedmpi.engine.outputs import RunWriter, read_jsonl
+from fedmpi.engine.placement import balanced
 from fedmpi.engine.sampling import drops_out, sample_clients
 from fedmpi.engine.training import LocalStats
 from fedmpi.engine.uplink import Uplink
@@ -137,6 +138,7 @@ class SyncEngine:
         t0 = time.perf_counter()
         sampled = sample_clients(fed.num_clients, fed.clients_per_round, cfg.seed, rnd, fed.over_selection,
                                  fed.sampling)
+        ctx.rt.placement = self.place(sampled)
         for cb in self.callbacks:
             cb.on_round_start(rnd, sampled)
         algo.before_round(rnd, sampled)
@@ -163,6 +165,12 @@ class SyncEngine:
         algo.after_round(rnd, sampled)
         if ctx.rt.is_server:
             self._close_round(rnd, sampled, result.stats, t0)
+
+    def place(self, sampled: list[int]) -> dict[int, int] | None:
+        """This round's client -> rank (every rank computes the same plan; None: by id)."""
+        if self.ctx.cfg.runtime.placement != "balanced":
+            return None
+        return balanced(sampled, self.algo.client_work, range(1, self.ctx.rt.world_size))
 
     def _grad_hook(self) -> int:
         """Between a local step's backward and its update: the client strategy's correction
