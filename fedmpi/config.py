@@ -229,6 +229,9 @@ class RuntimeConfig:
     placement: str = option("balanced", choices=("balanced", "round_robin"), resume=True,
                             help="which rank hosts a sampled client: balanced by expected work each "
                                  "round, or fixed by id (results are the same either way)")
+    overlap_evaluation: bool = option(True, resume=True,
+                                      help="the server evaluates round r while clients train round r+1, where "
+                                           "the algorithm allows (results are the same either way)")
 
 
 @dataclass

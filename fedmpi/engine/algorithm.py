@@ -36,6 +36,9 @@ class Algorithm:
     uses_client_state: ClassVar[bool] = False  # ask the engine to ship per-client state
     builds_own_method: ClassVar[bool] = False  # True: the method is not applied to the model beforehand
     trains_with_hooks: ClassVar[bool] = True  # local training goes through ctx.train (client strategies apply)
+    # The server only sends the global state and receives the updates (it hosts no clients):
+    # the engine then evaluates round r on the server while the clients train round r+1.
+    overlaps_evaluation: ClassVar[bool] = False
 
     def __init__(self, ctx: "Context") -> None:
         self.ctx = ctx

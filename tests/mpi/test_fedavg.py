@@ -19,7 +19,9 @@ def runs(tmp_path_factory):
             "network.heterogeneity=0.5", "compute.heterogeneity=0.3", "data.partition=dirichlet")
     three = launch(tmp, 3, *sets, name="r3")
     five = launch(tmp, 5, *sets, name="r5")
-    by_id = launch(tmp, 3, *sets, "runtime.placement=round_robin", name="r3-by-id")
+    # the engine as before issue 16: clients fixed to ranks by id, evaluation after each round
+    by_id = launch(tmp, 3, *sets, "runtime.placement=round_robin", "runtime.overlap_evaluation=false",
+                   name="r3-by-id")
     assert_ok(three)
     assert_ok(five)
     assert_ok(by_id)
@@ -37,9 +39,10 @@ def test_same_seed_same_metrics_on_3_and_5_ranks(runs):
         assert s3[key] == s5[key], key
 
 
-def test_placement_balanced_or_by_id_gives_the_same_run(runs):
-    """Clients move between ranks from round to round under balanced placement; their
-    seeds, batches and state follow them, so nothing but wall time may change."""
+def test_placement_and_overlapped_evaluation_leave_the_run_unchanged(runs):
+    """Clients move between ranks from round to round under balanced placement (their
+    seeds, batches and state follow them), and the server evaluates round r while round
+    r+1 trains (on the model it just sent): nothing but wall time may change."""
     three, _, by_id = runs
     strip = lambda rows: [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]  # noqa: E731
     assert strip(three.metrics) == strip(by_id.metrics)
