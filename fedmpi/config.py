@@ -36,6 +36,10 @@ class ModelConfig:
     num_heads: int = option(2, check=positive)
     intermediate_size: int = option(64, check=positive)
     image_size: int = option(28, check=positive, help="image models: side length images are resized to")
+    pooling: str = option("auto", choices=("auto", "cls", "mean"),
+                          help="what the classifier reads: the class token, the mean of the token rows "
+                               "(prompt and pad rows excluded), or auto: the architecture's own head "
+                               "(BERT/ViT: class token, CLIP: patch mean); see models/prompting.py")
 
 
 @dataclass
@@ -53,6 +57,15 @@ class DataConfig:
     max_test_samples: int | None = option(None, check=positive)
     text_column: str | None = option(None)
     label_column: str = option("label")
+    # Hyperparameters are chosen on a validation split carved from the training data, never on the test set.
+    validation_fraction: float = option(0.0, check=in_range(0, 1, high_open=True),
+                                        help="share of the training data held out (seeded); 0: none")
+    evaluate: str = option("test", choices=("test", "validation"),
+                           help="score the global model on the test split or on the held-out validation split")
+
+    def validate(self) -> None:
+        if self.evaluate == "validation" and self.validation_fraction <= 0:
+            raise ConfigError("data.evaluate: validation needs data.validation_fraction > 0")
 
 
 @dataclass
@@ -124,6 +137,9 @@ class ComputeConfig:
     client_gflops: float = option(50.0, check=positive, help="emulated client device speed, GFLOP/s")
     server_gflops: float = option(5000.0, check=positive)
     heterogeneity: float = option(0.0, check=at_least(0), help="lognormal sigma of client speed")
+    client_memory_mb: float | None = option(None, check=positive,
+                                            help="client device memory: a run whose clients need more to train "
+                                                 "(weights, gradients, optimizer, activations) is refused")
 
 
 @dataclass
@@ -133,6 +149,8 @@ class AttackConfig:
     trigger: str = option("cf")
     trigger_position: int = option(0, help="token position where the trigger word goes; -1 = end")
     target_label: int = option(0, check=at_least(0))
+    min_malicious_per_round: int = option(0, check=at_least(0),
+                                          help="guarantee this many malicious clients in every round's sample")
 
 
 @dataclass
@@ -221,12 +239,15 @@ class StateConfig:
 
 @dataclass
 class RuntimeConfig:
-    backend: str = option("auto", choices=("auto", "gloo", "nccl"))
+    backend: str = option("auto", choices=("auto", "gloo", "nccl"),
+                          help="auto: NCCL when every rank has a GPU of its own, else gloo (CPU staging)")
+    device: str = option("auto", choices=("auto", "cpu", "cuda"),
+                         help="compute device: auto = a GPU when visible (see fedmpi.runtime.placement)")
     timeout_s: float = option(300.0, check=positive, resume=True,
                               help="collective timeout: backstop if a launcher fails to end the job")
     threads: int | None = option(None, check=positive, resume=True,
                                  help="torch threads per rank (default: cores / local ranks)")
-    placement: str = option("balanced", choices=("balanced", "round_robin"), resume=True,
+    assignment: str = option("balanced", choices=("balanced", "round_robin"), resume=True,
                             help="which rank hosts a sampled client: balanced by expected work each "
                                  "round, or fixed by id (results are the same either way)")
     overlap_evaluation: bool = option(True, resume=True,
@@ -268,6 +289,8 @@ class ExperimentConfig:
     output: OutputConfig = option(default_factory=OutputConfig)
     # The algorithm's own knobs (split points, pruning ratio, ...), typed by its Options.
     options: Any = option(default_factory=dict, select=ALGORITHMS, select_by="algorithm")
+    # The task's own knobs (prompt format, verbalisers, ...), typed by its Options.
+    task_options: Any = option(default_factory=dict, select=TASKS, select_by="task")
 
     @property
     def run_dir(self) -> Path:

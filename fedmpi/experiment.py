@@ -21,6 +21,7 @@ from fedmpi.engine.callbacks import Callback, Checkpointer, MetricsLog, Progress
 from fedmpi.engine.context import Context
 from fedmpi.engine.loop import SyncEngine
 from fedmpi.engine.outputs import RunWriter, load_checkpoint
+from fedmpi.engine.stopping import GracefulStop
 from fedmpi.metering.flops import FlopMeter
 from fedmpi.metering.ledger import Ledger
 from fedmpi.models.methods import apply_method
@@ -28,7 +29,7 @@ from fedmpi.net.clock import make_clock
 from fedmpi.net.codec import Transport
 from fedmpi.net.link import Link
 from fedmpi.net.profiles import client_profiles, client_speeds
-from fedmpi.plugins import backdoor, tracker
+from fedmpi.plugins import backdoor, generations, tracker
 from fedmpi.plugins.init_sync import InitialSync
 from fedmpi.registry import ALGORITHMS, TASKS
 from fedmpi.runtime import Runtime
@@ -75,7 +76,7 @@ def preflight(cfg: ExperimentConfig) -> tuple[Task, Dataset, list[np.ndarray]]:
     task = TASKS.get(cfg.task)(cfg)
     dataset = task.load_data()
     parts = task.partition(dataset)
-    backdoor.check(cfg.attack, dataset)
+    backdoor.check(cfg.attack, dataset, cfg.federation)
     tracker.check(cfg.output.tracker)
     return task, dataset, parts
 
@@ -115,6 +116,8 @@ def build(cfg: ExperimentConfig, rt: Runtime, prep: Prepared, resume: bool = Fal
                   run_dir=writer.dir if writer is not None else None)
     algorithm = algorithm_cls(ctx)
     plugins: list[Callback] = [InitialSync()]
+    if cfg.task == "causal_lm":  # sample generations, FlowerTune's communication cost, the data report
+        plugins += generations.causal_lm_plugins(ctx)
     if cfg.attack.malicious_fraction > 0:
         plugins.append(backdoor.BackdoorAttack(ctx))
     store = None
@@ -123,6 +126,8 @@ def build(cfg: ExperimentConfig, rt: Runtime, prep: Prepared, resume: bool = Fal
         store = ClientStateStore(int(cfg.state.memory_mb * 2**20), writer.dir / "client_state",
                                  keep_superseded=cfg.output.checkpoint)
     engine = SyncEngine(ctx, algorithm, strategies, callbacks=plugins, writer=writer, store=store, checkpoint=ck)
+    # Every rank: stop at a round boundary on a signal (fedmpi.signals), checkpoint written.
+    engine.callbacks.append(GracefulStop(rt, writer, engine.checkpoint_state, checkpointed=cfg.output.checkpoint))
     if writer is not None:
         engine.callbacks.append(MetricsLog(writer, ledger))
         if cfg.output.checkpoint:

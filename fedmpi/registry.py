@@ -59,6 +59,7 @@ METHODS = Registry("method.name", {
 # What is learned and how it is scored (model head, batches, loss, metrics).
 TASKS = Registry("task", {
     "classification": "fedmpi.tasks.classification:Classification",
+    "causal_lm": "fedmpi.tasks.causal_lm:CausalLM",
 })
 
 # How a message is encoded on the wire; the ledger charges the encoded bytes.
@@ -104,4 +105,5 @@ PRIVACY = Registry("strategy.privacy.name", {
     "dp": "fedmpi.strategies.dp:DPFedAvg",
 })
 
-PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
+# "natural": the dataset's own clients (chitchat participants); only where a task has them.
+PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "natural")

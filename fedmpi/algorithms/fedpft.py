@@ -1,15 +1,17 @@
 """FedPFT: clients fine-tune a compressed proxy; the LoRA they learn plugs into the full model.
 
-The server keeps the full model. Every rank builds the same sub-model (middle
-FFNs cut to their top-k neurons); the server distils it on public text and
-sends it once to every client (kind `init`). Rounds are FedAvg (this class
-*is* a FedAvg whose training model is the sub-model) over attention LoRA +
-classifier, whose names and shapes match the full model's, so the global
-model evaluated is the full model carrying the aggregated LoRA. Every
-`align_every` rounds the sampled clients upload per-neuron activity statistics
-of the compressed FFNs (kind `stats`), the server re-distils the least active
-neurons against the full model with the current LoRA, and sends the changed
-neurons to every client (kind `submodel`).
+The server keeps the full model. Every rank builds the same sub-model (FFNs of
+every layer but `keep_layers` cut to their top-k neurons); the server distils
+it on a general public corpus (the student runs its own forward and matches
+each compressed layer's output) and sends it once to every client (kind
+`init`). Rounds are FedAvg (this class *is* a FedAvg whose training model is
+the sub-model) over attention LoRA + classifier, whose names and shapes match
+the full model's, so the global model evaluated is the full model carrying the
+aggregated LoRA. Every `align_every` rounds the sampled clients upload each
+kept neuron's inactivity (APoZ, kind `stats`), the server re-distils the least
+active half against the full model with the current LoRA, and sends the
+changed neurons (and each compressed block's output bias and LayerNorm) to
+every client (kind `submodel`).
 """
 from __future__ import annotations
 
@@ -21,21 +23,21 @@ import torch
 from torch import nn
 
 from fedmpi.algorithms.fedavg import FedAvg
+from fedmpi.algorithms.fedpft_corpus import PackedWindows, pack, public_texts
 from fedmpi.algorithms.fedpft_options import FedPFTOptions
-from fedmpi.config import DataConfig
-from fedmpi.data.federated import Encoded
-from fedmpi.data.sources import load_dataset
-from fedmpi.data.splits import TextSplit
 from fedmpi.engine.training import LocalStats
 from fedmpi.errors import ConfigError
-from fedmpi.models.distill import DistillStats, distill, evaluate_layers, least_active, neuron_masks
+from fedmpi.models.distill import (CASCADE, DistillStats, closeness, distill, evaluate_layers, least_active,
+                                   neuron_masks, trained_params)
 from fedmpi.models.methods import trainable
-from fedmpi.models.submodel import (SubModelPlan, build_submodel, encoder_layers, ffn, param_count,
-                                    plan_submodel, sample_flops, training_memory_bytes)
+from fedmpi.models.submodel import (SubModelPlan, build_submodel, encoder_layers, ffn, output_norm_params,
+                                    param_count, plan_submodel, sample_flops, training_memory_bytes)
 from fedmpi.net.flat import flatten, unflatten_into
 from fedmpi.seeding import derive_seed
 
 INIT_KIND, STATS_KIND, SUBMODEL_KIND = "init", "stats", "submodel"
+CLOSENESS_SAMPLES = 128  # task test texts on which the report measures the proxy's distance to the full model
+ALIGN_WEIGHT_DECAY, DISTILL_WEIGHT_DECAY = 0.0, 0.01  # official: Trainer default 0 when aligning, 0.01 before FL
 
 
 def add_lora(model: nn.Module, cfg, targets: list[str], seed: int) -> nn.Module:
@@ -49,27 +51,15 @@ def add_lora(model: nn.Module, cfg, targets: list[str], seed: int) -> nn.Module:
     return get_peft_model(model, conf)
 
 
-def public_split(opts: FedPFTOptions, data: DataConfig, seed: int) -> TextSplit:
-    """Public distillation text: never the task's own training data."""
-    if opts.public_data == "embedded":
-        from fedmpi.data.embedded import _sentences
+def public_windows(opts: FedPFTOptions, cfg) -> PackedWindows:
+    """The public corpus, packed into `public_samples` windows of model.max_length tokens."""
+    from fedmpi.models.backbone import load_tokenizer
 
-        texts, _ = _sentences(opts.public_samples, np.random.default_rng([seed, 0x9B1C]))
-        return TextSplit(texts, np.zeros(len(texts), dtype=np.int64))
-    folder = Path(opts.public_data)
-    dcfg = (DataConfig(name=str(folder), max_train_samples=opts.public_samples) if folder.is_dir()
-            else DataConfig(name=opts.public_data, path=data.path or "../shared/data",
-                            max_train_samples=opts.public_samples))
-    same = (dcfg.name == data.name and dcfg.path == data.path) or (
-        folder.is_dir() and data.path and folder.resolve() == (Path(data.path) / data.name).resolve())
-    if same:
-        raise ConfigError(f"options.public_data '{opts.public_data}' is the task's own data; distillation "
-                          "needs other public text (e.g. ag_news, cola, or 'embedded')")
-    train = load_dataset(dcfg, seed).train
-    return TextSplit(train.texts, np.zeros(len(train), dtype=np.int64), train.texts_b)
+    texts = public_texts(opts.public_data, opts.public_samples * cfg.model.max_length, cfg.data, cfg.seed)
+    return pack(texts, load_tokenizer(cfg.model), cfg.model.max_length, opts.public_samples)
 
 
-def cycle_batches(enc: Encoded, batch_size: int, seed: int, stream: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+def cycle_batches(enc, batch_size: int, seed: int, stream: int = 0) -> Iterator[dict[str, torch.Tensor]]:
     """Endless shuffled batches; `stream` picks an independent order (0: set-up
     distillation, r + 1: alignment at round r), so no iterator state has to be
     checkpointed for a resumed run to see the same batches."""
@@ -81,20 +71,29 @@ def cycle_batches(enc: Encoded, batch_size: int, seed: int, stream: int = 0) -> 
 
 
 class ActivityMeter:
-    """Per kept neuron of each compressed FFN: how often |GELU output| < eps on real tokens."""
+    """Per kept neuron of each compressed FFN: the share of real tokens on which it is inactive.
 
-    def __init__(self, model: nn.Module, plan: SubModelPlan, eps: float) -> None:
-        self.plan, self.eps = plan, eps
+    `apoz` (default): activation <= 0, the Average Percentage of Zeros of a ReLU
+    network, which for GELU is its negative half (GELU(x) <= 0 iff x <= 0); the
+    official code tests `== 0`, which a GELU output almost never is, so its
+    choice falls to a random tie-break. `near_zero`: |activation| < eps."""
+
+    def __init__(self, model: nn.Module, plan: SubModelPlan, activity: str = "apoz", eps: float = 0.05) -> None:
+        self.plan, self.activity, self.eps = plan, activity, eps
         self.mask: torch.Tensor | None = None
-        self.near_zero = {i: torch.zeros(len(plan.kept[i]), dtype=torch.float64) for i in plan.compressed}
+        self.inactive: dict[int, torch.Tensor] = {}
         self.tokens = 0
         blocks = encoder_layers(model)
         self.hooks = [blocks[i].intermediate.register_forward_hook(self._hook(i)) for i in plan.compressed]
 
+    def _off(self, out: torch.Tensor) -> torch.Tensor:
+        return out <= 0 if self.activity == "apoz" else out.abs() < self.eps
+
     def _hook(self, i: int):
         def fn(module, args, out):
             m = self.mask.to(out.device).bool()
-            self.near_zero[i] += (out.detach().abs() < self.eps)[m].sum(0).double().cpu()
+            count = self._off(out.detach())[m].sum(0).double()
+            self.inactive[i] = count if i not in self.inactive else self.inactive[i] + count
         return fn
 
     def batches(self, batches):
@@ -103,11 +102,13 @@ class ActivityMeter:
             self.tokens += int(b["attention_mask"].sum())
             yield b
 
-    def close(self) -> torch.Tensor:
-        """Flat shares (float32, compressed layers in order): the `stats` message."""
+    def close(self, device: torch.device) -> torch.Tensor:
+        """Flat shares (float32, compressed layers in order) on `device`: the `stats` message."""
         for h in self.hooks:
             h.remove()
-        return torch.cat([self.near_zero[i] / max(1, self.tokens) for i in self.plan.compressed]).float()
+        parts = [self.inactive[i].to(device) if i in self.inactive else
+                 torch.zeros(len(self.plan.kept[i]), dtype=torch.float64, device=device) for i in self.plan.compressed]
+        return (torch.cat(parts) / max(1, self.tokens)).float()
 
 
 class FedPFT(FedAvg):
@@ -127,7 +128,7 @@ class FedPFT(FedAvg):
             if opts.public_data != "embedded" and not Path(opts.public_data).is_dir() and not (
                     root / opts.public_data).is_dir():
                 raise ConfigError(f"options.public_data '{opts.public_data}' not found (neither a folder "
-                                  f"nor a dataset under {root}); use e.g. ag_news, cola or embedded")
+                                  f"nor a dataset under {root}); use e.g. 20newsgroups, ag_news or embedded")
 
     # -- setup: sub-model, distillation, one download, LoRA ------------------
     def setup(self) -> None:
@@ -146,20 +147,15 @@ class FedPFT(FedAvg):
                          sub_flops_per_sample=sample_flops(sub, probe),
                          compressed_layers=self.plan.compressed, kept_whole=self.plan.whole,
                          ffn_neurons_kept={i: len(k) for i, k in self.plan.kept.items()},
-                         mode=o.mode)
+                         mode=o.mode, distill_mode=o.distill_mode)
         if ctx.rt.is_server and (o.distills or o.aligns):
-            enc = ctx.data.encode(public_split(o, cfg.data, cfg.seed))
-            self.public_enc = enc
-            self.public = cycle_batches(enc, o.distill_batch_size, cfg.seed)
+            self.public_enc = public_windows(o, cfg)
+            self.public = cycle_batches(self.public_enc, o.distill_batch_size, cfg.seed)
             self.public_heldout = [next(self.public) for _ in range(2)]
-            self.info["public_samples"] = len(enc)
+            self.info.update(public_data=o.public_data, public_windows=len(self.public_enc),
+                             public_window_tokens=cfg.model.max_length)
         if ctx.rt.is_server and o.distills:
-            before = evaluate_layers(full, sub, self.plan, self.public_heldout)
-            st = distill(full, sub, self.plan, self.public, o.distill_steps, o.distill_alpha, o.distill_lr,
-                         ctx.meter, ctx.device)
-            after = evaluate_layers(full, sub, self.plan, self.public_heldout)
-            self._server_work("distill", st, charge=ctx.fresh_start)  # redone on resume, not re-charged
-            self.info.update(distill_layer_loss_before=before, distill_layer_loss_after=after)
+            self._distill(full, sub)
         # The sub-model (frozen weights, all of it: a client has nothing else) goes down once.
         base = list(sub.parameters())
         flat = flatten(base) if ctx.rt.is_server else torch.empty(sum(p.numel() for p in base),
@@ -188,6 +184,30 @@ class FedPFT(FedAvg):
             self.info["client_memory"] = training_memory_bytes(self.sub, batch)
             self.info["full_model_client_memory"] = training_memory_bytes(self.full, batch)
 
+    def _closeness(self, full: nn.Module, sub: nn.Module) -> dict[str, object]:
+        """The proxy's distance to the full model on the task's test text (the emulator's
+        diagnostic: a deployed server has no test data, so it is not charged)."""
+        ctx = self.ctx
+        bs = min(32, ctx.cfg.train.eval_batch_size)
+        batches = [b for b, _ in zip(ctx.data.test_batches(bs), range(-(-CLOSENESS_SAMPLES // bs)))]
+        return closeness(full, sub, self.plan, batches, ctx.device)
+
+    def _distill(self, full: nn.Module, sub: nn.Module) -> None:
+        ctx, o = self.ctx, self.opts
+        before_test = self._closeness(full, sub)
+        before = evaluate_layers(full, sub, self.plan, self.public_heldout, mode=o.distill_mode)
+        st = distill(full, sub, self.plan, self.public, o.distill_steps, o.distill_alpha, o.distill_lr,
+                     ctx.meter, ctx.device, mode=o.distill_mode, weight_decay=DISTILL_WEIGHT_DECAY)
+        after = evaluate_layers(full, sub, self.plan, self.public_heldout, mode=o.distill_mode)
+        after_test = self._closeness(full, sub)
+        self._server_work("distill", st, charge=ctx.fresh_start)  # redone on resume, not re-charged
+        self.info.update(distill_layer_loss_before=before, distill_layer_loss_after=after,
+                         distill_test_layer_mse_before=before_test["layer_mse"],
+                         distill_test_layer_mse_after=after_test["layer_mse"],
+                         distill_test_layer_mse_mean_before=before_test["layer_mse_mean"],
+                         distill_test_layer_mse_mean_after=after_test["layer_mse_mean"],
+                         distill_test_kl_before=before_test["kl"], distill_test_kl_after=after_test["kl"])
+
     def _server_work(self, kind: str, st: DistillStats, charge: bool = True) -> None:
         if charge:
             self.ctx.link.charge_server(kind, st.flops)
@@ -209,11 +229,11 @@ class FedPFT(FedAvg):
         if not self.aligns_now(rnd):
             return super().train_client(client, rnd)
         ctx = self.ctx
-        meter = ActivityMeter(self.sub, self.plan, self.opts.align_eps)
+        meter = ActivityMeter(self.sub, self.plan, self.opts.align_activity, self.opts.align_eps)
         try:
             return ctx.train(self.model, meter.batches(ctx.client_batches(client, rnd)), ctx.optimizer(self.params))
         finally:
-            self.activity[client] = meter.close().to(ctx.device)
+            self.activity[client] = meter.close(ctx.device)
 
     def after_round(self, rnd: int, sampled: list[int]) -> None:
         if self.ctx.rt.is_server:  # the global LoRA + classifier also live on the full model
@@ -235,18 +255,18 @@ class FedPFT(FedAvg):
                 w = ctx.data.client_size(c)
                 share = s * w if share is None else share + s * w
                 weight += w
-            chosen = {}
             if share is not None:
                 share /= weight
                 chosen = least_active(share, self.plan, counts)
                 batches = cycle_batches(self.public_enc, o.distill_batch_size, ctx.cfg.seed, stream=rnd + 1)
-                st = distill(self.full, self.sub, self.plan, batches, o.align_steps, o.distill_alpha,
-                             o.distill_lr, ctx.meter, ctx.device, masks=neuron_masks(self.plan, chosen))
+                st = distill(self.full, self.sub, self.plan, batches, o.align_steps, 0.0, o.distill_lr,
+                             ctx.meter, ctx.device, masks=neuron_masks(self.plan, chosen), mode=o.distill_mode,
+                             weight_decay=ALIGN_WEIGHT_DECAY)
                 self._server_work("align", st)
                 self.info.setdefault("align_rounds", []).append(rnd)
-            index = torch.cat([chosen[i] for i in self.plan.compressed]).long() if chosen else \
-                torch.full((n_idx,), -1, dtype=torch.long)
-            index = index.to(ctx.device)
+                index = torch.cat([chosen[i] for i in self.plan.compressed]).long().to(ctx.device)
+            else:
+                index = torch.full((n_idx,), -1, dtype=torch.long, device=ctx.device)
         else:
             for c in ctx.rt.clients_here(live):
                 link.to_server(self.activity.pop(c), client=c, kind=STATS_KIND)
@@ -261,6 +281,7 @@ class FedPFT(FedAvg):
         values = link.broadcast(values, kind=SUBMODEL_KIND, clients=everyone)
         if not ctx.rt.is_server:
             self._load_neurons(values, chosen)
+
     # -- packing the changed neurons ------------------------------------------
     def _split(self, index: torch.Tensor, counts: dict[int, int]) -> dict[int, torch.Tensor]:
         out, off = {}, 0
@@ -269,14 +290,19 @@ class FedPFT(FedAvg):
             off += counts[i]
         return out
 
-    def _pieces(self, chosen: dict[int, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
-        """(parameter, neuron indices, neuron axis) of every changed slice."""
+    def _pieces(self, chosen: dict[int, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor | None, int]]:
+        """(parameter, neuron indices or None for the whole tensor, neuron axis) of every
+        changed slice: the chosen neurons' W_in rows, b_in entries and W_out columns, and in
+        cascade mode each compressed block's FFN output bias and output LayerNorm, which
+        alignment trains in full."""
         blocks = encoder_layers(self.sub)
         out = []
         for i in self.plan.compressed:
             w_in, w_out = ffn(blocks[i])
             out += [(w_in.weight, chosen[i], 0)] + ([(w_in.bias, chosen[i], 0)] if w_in.bias is not None else [])
             out.append((w_out.weight, chosen[i], 1))
+            if self.opts.distill_mode == CASCADE:
+                out += [(t, None, 0) for t in output_norm_params(blocks[i])]
         return out
 
     def _neuron_numel(self, counts: dict[int, int]) -> int:
@@ -285,16 +311,22 @@ class FedPFT(FedAvg):
         for i in self.plan.compressed:
             w_in, w_out = ffn(blocks[i])
             n += counts[i] * (w_in.in_features + (w_in.bias is not None) + w_out.out_features)
+            if self.opts.distill_mode == CASCADE:
+                n += sum(t.numel() for t in output_norm_params(blocks[i]))
         return n
 
     def _neurons(self, chosen: dict[int, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([p.detach().index_select(ax, idx.to(p.device)).reshape(-1)
+        return torch.cat([(p.detach() if idx is None else p.detach().index_select(ax, idx.to(p.device))).reshape(-1)
                           for p, idx, ax in self._pieces(chosen)])
 
     @torch.no_grad()
     def _load_neurons(self, values: torch.Tensor, chosen: dict[int, torch.Tensor]) -> None:
         off = 0
         for p, idx, ax in self._pieces(chosen):
+            if idx is None:
+                p.copy_(values[off:off + p.numel()].view(p.shape))
+                off += p.numel()
+                continue
             shape = list(p.shape)
             shape[ax] = len(idx)
             n = int(np.prod(shape))
@@ -306,10 +338,8 @@ class FedPFT(FedAvg):
         return self.full
 
     def _ffns(self) -> list[torch.Tensor]:
-        """The compressed FFN weights that distillation and alignment change."""
-        blocks = encoder_layers(self.sub)
-        return [t for i in self.plan.compressed for t in ffn(blocks[i])[0].parameters()] + \
-               [ffn(blocks[i])[1].weight for i in self.plan.compressed]
+        """The compressed blocks' weights that distillation and alignment change."""
+        return list(trained_params(self.sub, self.plan, self.opts.distill_mode))
 
     def _resync_ffns(self) -> None:
         ffns = self._ffns()

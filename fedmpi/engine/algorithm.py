@@ -69,7 +69,7 @@ class Algorithm:
 
     def client_work(self, client: int) -> float:
         """A client's expected local work in a round, in any unit (only ratios matter): the
-        engine balances each round's clients over the ranks by it (engine/placement.py); it
+        engine balances each round's clients over the ranks by it (runtime/clients.py); it
         never changes results. Default: the samples its local steps process."""
         t = self.ctx.cfg.train
         return t.local_steps * min(t.batch_size, self.ctx.data.client_size(client))

@@ -22,7 +22,6 @@ class with its own `run_round` over the same hooks: see docs/architecture.md.
 """
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -36,16 +35,21 @@ from fedmpi.engine.callbacks import Callback
 from fedmpi.engine.context import Context
 from fedmpi.engine.downlink import DeltaDownlink
 from fedmpi.engine.outputs import RunWriter, read_jsonl
-from fedmpi.engine.placement import balanced
 from fedmpi.engine.sampling import drops_out, sample_clients
 from fedmpi.engine.training import LocalStats
 from fedmpi.engine.uplink import Uplink
 from fedmpi.metering.ledger import UP
+from fedmpi.metering.client_memory import enforce_cap, heaviest
 from fedmpi.metering.memory import peak_memory_bytes
 from fedmpi.net.flat import flatten, unflatten_into
+from fedmpi.runtime.clients import balanced
 from fedmpi.seeding import seed_torch
+from fedmpi.signals import Stopped
 from fedmpi.state.store import ClientStateStore
 from fedmpi.strategies.bundle import Strategies
+
+
+NO_ARRIVALS = "no client arrived this round (all dropped out or cut by the deadline): no training loss"
 
 
 def fault_injection(rank: int, rnd: int) -> None:
@@ -93,9 +97,12 @@ class SyncEngine:
             if ctx.rt.is_server:
                 self._publish()
             peaks = link.gather(peak_memory_bytes(ctx.device))
+            needs = link.gather(ctx.memory.heaviest)
             if not ctx.rt.is_server:
                 return None
             summary = self._summary(time.perf_counter() - wall0, peaks, checkpoint)
+            need = heaviest(needs)  # the heaviest client step measured (metering/client_memory.py)
+            summary["client_memory"] = need.as_dict() if need is not None else None
             for cb in self.callbacks:
                 cb.on_end(summary)
             self.writer.summary(summary)
@@ -141,10 +148,17 @@ class SyncEngine:
         if not (ctx.rt.is_server and self.overlap):
             fault_injection(ctx.rt.rank, rnd)
         sampled = sample_clients(fed.num_clients, fed.clients_per_round, cfg.seed, rnd, fed.over_selection,
-                                 fed.sampling)
-        ctx.rt.placement = self.place(sampled)
-        for cb in self.callbacks:
-            cb.on_round_start(rnd, sampled)
+                                 fed.sampling, ctx.sampling_quota)
+        ctx.rt.assignment = self.assign(sampled)
+        try:
+            for cb in self.callbacks:
+                cb.on_round_start(rnd, sampled)
+        except Stopped:
+            # A stop at this round boundary (GracefulStop): the last round's row and
+            # checkpoint, still pending when evaluation overlaps, are written first.
+            if ctx.rt.is_server:
+                self._publish(t0)
+            raise
         algo.before_round(rnd, sampled)
         glob, extra_down = self._download(sampled)
         if ctx.rt.is_server and self.overlap:
@@ -168,6 +182,7 @@ class SyncEngine:
         if ctx.rt.is_server:
             algo.serve(rnd, ctx.live(rnd, sampled))
         result = agg.finish()
+        enforce_cap(link, ctx.memory, cfg.compute.client_memory_mb)
         if ctx.rt.is_server:
             self._apply(rnd, result)
         self._return_state(sampled, result)
@@ -177,9 +192,9 @@ class SyncEngine:
             if not self.overlap:
                 self._publish()
 
-    def place(self, sampled: list[int]) -> dict[int, int] | None:
+    def assign(self, sampled: list[int]) -> dict[int, int] | None:
         """This round's client -> rank (every rank computes the same plan; None: by id)."""
-        if self.ctx.cfg.runtime.placement != "balanced":
+        if self.ctx.cfg.runtime.assignment != "balanced":
             return None
         return balanced(sampled, self.algo.client_work, range(1, self.ctx.rt.world_size))
 
@@ -302,8 +317,10 @@ class SyncEngine:
         if stragglers:  # the server waited until the deadline
             totals.emulated_seconds = max(totals.emulated_seconds, fed.deadline_s)
         weight = sum(s["num_samples"] for c, s in stats.items() if c not in dropped)
-        loss = sum(s["loss_sum"] for c, s in stats.items() if c not in dropped) / weight if weight else math.nan
+        loss = sum(s["loss_sum"] for c, s in stats.items() if c not in dropped) / weight if weight else None
         row: dict[str, Any] = {"round": rnd, self.ctx.task.score: None, "loss": loss}
+        if loss is None:  # no NaN in metrics.jsonl: null, and why
+            row["loss_note"] = NO_ARRIVALS
         row.update({
             "bytes_up": totals.bytes_up, "bytes_down": totals.bytes_down,
             "transport_bytes": totals.transport_bytes, "emulated_seconds": totals.emulated_seconds,
@@ -369,6 +386,8 @@ class SyncEngine:
             f"best_{score}": (max if self.ctx.task.higher_is_better else min)(
                 (r[score] for r in evaluated), default=None),
             "final_loss": rows[-1]["loss"] if rows else None,
+            **({"final_loss_note": rows[-1].get("loss_note", "no loss")}
+               if rows and rows[-1]["loss"] is None else {}),
             "total_bytes_up": sum(r["bytes_up"] for r in rows),
             "total_bytes_down": sum(r["bytes_down"] for r in rows),
             "total_transport_bytes": sum(r["transport_bytes"] for r in rows),

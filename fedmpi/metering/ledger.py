@@ -6,10 +6,11 @@ what the cluster's collectives really moved is tallied separately.
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from fedmpi.jsonsafe import dumps
 
 UP, DOWN, LOCAL, SERVER = "up", "down", "local", "server"
 
@@ -99,7 +100,7 @@ class Ledger:
         totals.bytes_by_kind = dict(kinds)
         if self._fh is not None:
             for row in self._rows:
-                self._fh.write(json.dumps(row.to_json()) + "\n")
+                self._fh.write(dumps(row.to_json()) + "\n")
             self._fh.flush()
         self.totals.append(totals)
         self._rows.clear()

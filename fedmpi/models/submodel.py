@@ -83,9 +83,10 @@ class SubModelPlan:
 
 
 def resolve_layers(keep_layers: list[int] | None, num_layers: int) -> list[int]:
-    """Layer indices kept whole (negative counts from the end); default first and last."""
-    if keep_layers is None:
-        return sorted({0, num_layers - 1})
+    """Layer indices kept whole (negative counts from the end); default none (the
+    paper and its official code compress every layer)."""
+    if not keep_layers:
+        return []
     out = set()
     for i in keep_layers:
         if not isinstance(i, int) or not -num_layers <= i < num_layers:
@@ -125,6 +126,25 @@ def compressed_ffn_params(model: nn.Module, plan: SubModelPlan) -> list[nn.Param
     for i in plan.compressed:
         w_in, w_out = ffn(layers[i])
         out += [w_in.weight] + ([w_in.bias] if w_in.bias is not None else []) + [w_out.weight]
+    return out
+
+
+def output_norm_params(layer: nn.Module) -> list[nn.Parameter]:
+    """The FFN output bias and the block's output LayerNorm: what cascade distillation
+    also trains (they absorb the compressed FFN's error in the block's output)."""
+    norm = layer.output.LayerNorm
+    return [t for t in (ffn(layer)[1].bias, norm.weight, norm.bias) if t is not None]
+
+
+def compressed_block_params(model: nn.Module, plan: SubModelPlan) -> list[nn.Parameter]:
+    """Per compressed layer: W_in weight+bias, W_out weight, then the FFN output bias and
+    output LayerNorm (the official code trains every non-attention weight of a compressed layer)."""
+    layers = encoder_layers(model)
+    out: list[nn.Parameter] = []
+    for i in plan.compressed:
+        w_in, w_out = ffn(layers[i])
+        out += [w_in.weight] + ([w_in.bias] if w_in.bias is not None else []) + [w_out.weight]
+        out += output_norm_params(layers[i])
     return out
 
 

@@ -93,12 +93,12 @@ class Link:
             self.ledger.add(self.round, client, direction, kind, bytes=nbytes, seconds=secs, raw_bytes=raw_bytes)
         return secs
 
-    def charge_compute(self, client: int, flops: int) -> float:
-        """A client's local compute on its emulated device."""
+    def charge_compute(self, client: int, flops: int, kind: str = "compute") -> float:
+        """A client's local compute on its emulated device (kind `init` for one-off set-up work)."""
         secs = flops / self.speeds[client]
         self._elapsed[client] += secs
         if self.ledger is not None and flops > 0:
-            self.ledger.add(self.round, client, LOCAL, "compute", flops=int(flops), seconds=secs)
+            self.ledger.add(self.round, client, LOCAL, kind, flops=int(flops), seconds=secs)
         return secs
 
     def charge_server(self, kind: str, flops: int) -> float:
@@ -120,8 +120,19 @@ class Link:
 
     def _check_device(self, tensor: torch.Tensor) -> None:
         if tensor.device != self.rt.device:
-            raise ConfigError(f"the Link carries tensors on {self.rt.device} (this rank's transport device); "
+            raise ConfigError(f"the Link takes tensors on {self.rt.device} (this rank's compute device); "
                               f"got one on {tensor.device}")
+
+    # -- staging: callers hand the Link compute-device tensors; the backend moves
+    # them on the transport device (the CPU under gloo with CPU staging) ------------
+    def _to_wire(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.rt.transport_device) if self.rt.staged else tensor
+
+    def _from_wire(self, wire: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+        """`wire`'s contents back in the compute-device `tensor` (in place)."""
+        if wire is not tensor:
+            tensor.copy_(wire)
+        return tensor
 
     def _hold(self, clients: Sequence[int], direction: str, nbytes: int, since: float) -> None:
         if not self.clock.realtime or not clients:
@@ -141,7 +152,10 @@ class Link:
         else:
             payload, nbytes = tensor, None
         raw = payload_bytes(payload)
-        dist.broadcast(payload, src=0)
+        wire = self._to_wire(payload)
+        dist.broadcast(wire, src=0)
+        if not self.rt.is_server:
+            self._from_wire(wire, payload)
         if self._lossless(DOWN, kind):
             nbytes = payload_bytes(payload)
         else:  # the encoded size travels with the message, as a wire format's length field does
@@ -211,17 +225,20 @@ class Link:
         """The cluster's sum of every rank's `tensor`, in place on the server.
         A reduce, not an all_reduce: with gloo on 3 ranks all_reduce was 17%
         faster, but 19% slower on 5 ranks sharing 2 cores (bench/aggregation.py)."""
-        dist.reduce(tensor, dst=0, op=dist.ReduceOp.SUM)
+        wire = self._to_wire(tensor)
+        dist.reduce(wire, dst=0, op=dist.ReduceOp.SUM)
+        if self.rt.is_server:
+            self._from_wire(wire, tensor)
 
     def collect(self, tensor: torch.Tensor) -> torch.Tensor:
         """Control plane (uncharged): sum a small tensor onto the server."""
-        dist.reduce(tensor, dst=0, op=dist.ReduceOp.SUM)
+        self.sum_to_server(tensor)
         return tensor
 
     def share(self, obj: Any) -> Any:
         """Control plane (uncharged): the server's small Python object to every rank."""
         box = [obj if self.rt.is_server else None]
-        dist.broadcast_object_list(box, src=0, device=self.rt.device if self.rt.backend == "nccl" else None)
+        dist.broadcast_object_list(box, src=0, device=self._object_device)
         return box[0]
 
     def gather(self, obj: Any) -> list[Any] | None:
@@ -237,7 +254,8 @@ class Link:
     def _send(self, tensor: torch.Tensor, dst: int, nbytes: int) -> None:
         tensor = tensor.detach().contiguous()
         self._check_device(tensor)
-        header = torch.zeros(_HEADER, dtype=torch.int64, device=self.rt.device)
+        tensor = self._to_wire(tensor)
+        header = torch.zeros(_HEADER, dtype=torch.int64, device=self.rt.transport_device)
         header[0] = _DTYPES.index(tensor.dtype)
         header[1] = tensor.dim()
         header[2] = int(time.time() * 1e6)
@@ -247,13 +265,13 @@ class Link:
         dist.send(tensor, dst)
 
     def _recv(self, src: int) -> tuple[torch.Tensor, float, int]:
-        header = torch.zeros(_HEADER, dtype=torch.int64, device=self.rt.device)
+        header = torch.zeros(_HEADER, dtype=torch.int64, device=self.rt.transport_device)
         dist.recv(header, src)
         h = header.tolist()
         shape = h[4:4 + h[1]]
-        out = torch.empty(shape, dtype=_DTYPES[h[0]], device=self.rt.device)
+        out = torch.empty(shape, dtype=_DTYPES[h[0]], device=self.rt.transport_device)
         dist.recv(out, src)
-        return out, h[2] / 1e6, h[3]
+        return out.to(self.rt.device), h[2] / 1e6, h[3]
 
     def to_server(self, tensor: torch.Tensor, *, client: int, kind: str) -> None:
         """Client side of an upload: encoded, charged to the client's time; the
@@ -297,9 +315,14 @@ class Link:
 
     def send_object(self, obj: Any, dst: int) -> None:
         """A small picklable object (e.g. a client's state) to rank `dst`, uncharged."""
-        dist.send_object_list([obj], dst=dst, device=self.rt.device if self.rt.backend == "nccl" else None)
+        dist.send_object_list([obj], dst=dst, device=self._object_device)
 
     def recv_object(self, src: int) -> Any:
         box = [None]
-        dist.recv_object_list(box, src=src, device=self.rt.device if self.rt.backend == "nccl" else None)
+        dist.recv_object_list(box, src=src, device=self._object_device)
         return box[0]
+
+    @property
+    def _object_device(self) -> torch.device | None:
+        """Pickled objects travel as tensors on the transport device under NCCL."""
+        return self.rt.transport_device if self.rt.backend == "nccl" else None

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedmpi.report import plots, table
+from fedmpi.report import groups, plots, table
 from fedmpi.report.runs import ReportError, Run, load_runs
 
 
@@ -30,7 +30,15 @@ def write_report(runs: list[Run], out: Path, recost: list[str] | None = None) ->
     if recost:
         lines += [f"Re-priced under {', '.join(f'`{r}`' for r in recost)}: the same traffic and work, "
                   "emulated times from those links and devices (bytes and FLOPs unchanged).", ""]
-    lines += [table.markdown(runs), "", "Run folders:", ""]
+    lines += [table.markdown(runs), ""]
+    grouped = groups.group_runs(runs)
+    if any(len(g.runs) > 1 for g in grouped):  # seeds of one configuration: mean ± std, bands
+        groups.write_csv(grouped, out / "groups.csv")
+        figures += [plots.accuracy_bands(grouped, "bytes", out / "accuracy_bands_vs_bytes.png"),
+                    plots.accuracy_bands(grouped, "time", out / "accuracy_bands_vs_time.png")]
+        lines += ["## Over seeds", "", "Mean ± std over the seeds of each configuration (each seed's value is in "
+                  "groups.csv).", "", groups.markdown(grouped), ""]
+    lines += ["Run folders:", ""]
     lines += [f"- `{run.name}`: {run.path}" for run in runs]
     lines += ["", "## Figures", ""]
     lines += [f"![{f.stem.replace('_', ' ')}]({f.name})" for f in figures]

@@ -87,6 +87,39 @@ def accuracy_vs(runs: list[Run], x_of: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+def accuracy_bands(groups, x_of: str, path: Path) -> Path:
+    """Mean accuracy over seeds against cumulative bytes or emulated time (log x), the
+    band spanning the seeds' min and max at each evaluated round."""
+    import numpy as np
+
+    fig, ax = _figure()
+    plotted = 0
+    for g in groups:
+        curves = [_accuracy_curve(r, x_of) for r in g.runs]
+        curves = [c for c in curves if c[0]]
+        if not curves:
+            continue
+        k = min(len(c[0]) for c in curves)
+        xs = np.mean([c[0][:k] for c in curves], axis=0)
+        ys = np.array([c[1][:k] for c in curves])
+        scale = 1e6 if x_of == "bytes" else 1.0
+        line, = ax.plot(xs / scale, ys.mean(0), marker="o", markersize=3, label=f"{g.label} (n={len(curves)})")
+        if len(curves) > 1:
+            ax.fill_between(xs / scale, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, linewidth=0)
+        plotted += 1
+    ax.set_xlabel("cumulative traffic, up + down (MB), log scale" if x_of == "bytes"
+                  else "cumulative emulated time (s), log scale")
+    ax.set_ylabel("test accuracy (mean over seeds; band: min–max)")
+    ax.set_title("Accuracy vs communication" if x_of == "bytes" else "Accuracy vs emulated time")
+    if plotted:
+        ax.set_xscale("log")
+        ax.legend(fontsize="x-small")
+    else:
+        _empty(ax, "no evaluated rounds")
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
 def _bytes_by_kind(run: Run) -> dict[int, dict[str, int]]:
     per_round: dict[int, dict[str, int]] = {}
     for m in run.metrics:

@@ -20,7 +20,7 @@ def runs(tmp_path_factory):
     three = launch(tmp, 3, *sets, name="r3")
     five = launch(tmp, 5, *sets, name="r5")
     # the engine as before issue 16: clients fixed to ranks by id, evaluation after each round
-    by_id = launch(tmp, 3, *sets, "runtime.placement=round_robin", "runtime.overlap_evaluation=false",
+    by_id = launch(tmp, 3, *sets, "runtime.assignment=round_robin", "runtime.overlap_evaluation=false",
                    name="r3-by-id")
     assert_ok(three)
     assert_ok(five)
@@ -39,8 +39,8 @@ def test_same_seed_same_metrics_on_3_and_5_ranks(runs):
         assert s3[key] == s5[key], key
 
 
-def test_placement_and_overlapped_evaluation_leave_the_run_unchanged(runs):
-    """Clients move between ranks from round to round under balanced placement (their
+def test_assignment_and_overlapped_evaluation_leave_the_run_unchanged(runs):
+    """Clients move between ranks from round to round under the balanced assignment (their
     seeds, batches and state follow them), and the server evaluates round r while round
     r+1 trains (on the model it just sent): nothing but wall time may change."""
     three, _, by_id = runs

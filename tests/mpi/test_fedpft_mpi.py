@@ -6,11 +6,14 @@ import pytest
 from conftest import assert_ok, launch
 
 pytestmark = pytest.mark.mpi
-H, I, L = 32, 64, 4  # tiny-bert with 4 layers: 1 and 2 get compressed
+H, I, L = 32, 64, 4  # tiny-bert with 4 layers, every one compressed (the paper's default)
+ALIGNED = 3  # neurons re-aligned per layer
 
+# public_data=embedded keeps these runs offline; the default corpus (20 Newsgroups) is tested in tests/unit.
 RUN = [f"model.num_layers={L}", "algorithm=fedpft", "federation.rounds=4", "train.lr=0.003",
        "train.local_steps=15", "method.name=lora", "method.r=4", "options.distill_steps=20", "options.align_every=2",
-       "options.align_steps=5", "options.align_neurons=3"]
+       "options.align_steps=5", f"options.align_neurons={ALIGNED}", "options.public_data=embedded",
+       "options.public_samples=200"]
 
 
 @pytest.fixture(scope="module")
@@ -28,23 +31,28 @@ def test_fedpft_trains_under_mpi_and_charges_stats(whole):
     init = [r for r in rows if r["kind"] == "init"]
     assert sorted(r["client"] for r in init) == list(range(6))
     assert all(r["bytes"] == s["fedpft_sub_params"] * 4 and r["direction"] == "down" for r in init)
-    assert s["fedpft_full_params"] - s["fedpft_sub_params"] == 2 * (I - k) * (2 * H + 1)
-    # stats: rounds 1 and 3, one message per sampled client: 2 layers x k neurons x float32
+    assert s["fedpft_compressed_layers"] == list(range(L))
+    assert s["fedpft_full_params"] - s["fedpft_sub_params"] == L * (I - k) * (2 * H + 1)
+    # stats: rounds 1 and 3, one message per sampled client: L layers x k neurons x float32
     stats = [r for r in rows if r["kind"] == "stats"]
     assert sorted({r["round"] for r in stats}) == [1, 3]
     for rnd in (1, 3):
         assert len([r for r in stats if r["round"] == rnd]) == 4  # clients_per_round
-    assert all(r["bytes"] == 2 * k * 4 and r["direction"] == "up" for r in stats)
-    # the aligned neurons go down to every client: indices (int64) + W_in rows, biases, W_out columns
+    assert all(r["bytes"] == L * k * 4 and r["direction"] == "up" for r in stats)
+    # the aligned neurons go down to every client: indices (int64) + W_in rows, biases, W_out columns,
+    # and each block's FFN output bias and output LayerNorm (H + 2H floats), which alignment retrains
     sub = [r for r in rows if r["kind"] == "submodel"]
     per_client = {}
     for r in sub:
         per_client[(r["round"], r["client"])] = per_client.get((r["round"], r["client"]), 0) + r["bytes"]
-    assert set(per_client.values()) == {2 * 3 * 8 + 2 * 3 * (2 * H + 1) * 4} and len(per_client) == 2 * 6
+    neurons = L * ALIGNED * 8 + L * (ALIGNED * (2 * H + 1) + 3 * H) * 4
+    assert set(per_client.values()) == {neurons} and len(per_client) == 2 * 6
     # server work is metered: distillation before FL, alignment afterwards
     kinds = {(r["round"], r["kind"]) for r in rows if r["direction"] == "server" and r["flops"] > 0}
     assert {(0, "distill"), (1, "align"), (3, "align")} <= kinds
     assert s["fedpft_distill_layer_loss_after"] < s["fedpft_distill_layer_loss_before"]
+    assert s["fedpft_distill_mode"] == "cascade" and s["fedpft_public_windows"] == 200
+    assert len(s["fedpft_distill_test_layer_mse_after"]) == L
     # the same update bytes as FedAvg of LoRA + classifier
     ups = [r for r in rows if r["kind"] == "update"]
     assert all(r["bytes"] == s["trainable_params"] * 4 for r in ups)

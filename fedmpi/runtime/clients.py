@@ -1,4 +1,7 @@
-"""Which rank hosts which sampled client, chosen afresh every round.
+"""Which rank hosts which sampled client (the assignment), chosen afresh every round.
+
+The job's other placement question, which rank computes on which device, is
+runtime/placement.py; this one is per round and pure data too.
 
 A round takes as long as its busiest client rank. Dealing clients by id
 (`1 + client % (ranks - 1)`) can put 7 of 10 sampled clients on one of two
@@ -33,5 +36,5 @@ def balanced(clients: Sequence[int], work: Callable[[int], float], ranks: Sequen
 
 
 def round_robin(clients: Sequence[int], ranks: Sequence[int]) -> dict[int, int]:
-    """The fixed deal by id (the engine's placement before per-round balancing)."""
+    """The fixed deal by id (the assignment before per-round balancing)."""
     return {c: ranks[c % len(ranks)] for c in clients}

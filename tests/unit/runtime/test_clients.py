@@ -1,10 +1,10 @@
-"""Per-round placement of sampled clients on ranks: balanced by expected work,
+"""Per-round assignment of sampled clients on ranks: balanced by expected work,
 deterministic, and what Runtime.rank_of_client / clients_here follow."""
 from __future__ import annotations
 
 import torch
 
-from fedmpi.engine.placement import balanced, round_robin
+from fedmpi.runtime.clients import balanced, round_robin
 from fedmpi.engine.sampling import sample_clients
 from fedmpi.runtime import Runtime
 
@@ -44,9 +44,9 @@ def test_plans_are_the_same_on_every_rank_and_round_after_round():
         assert sorted(loads(a, lambda c: 1).values()) == [5, 5]
 
 
-def test_runtime_follows_the_rounds_placement():
+def test_runtime_follows_the_rounds_assignment():
     rt = Runtime(2, 4, 0, 4, "test", "gloo", torch.device("cpu"))
     assert [rt.rank_of_client(c) for c in range(6)] == [1, 2, 3, 1, 2, 3]  # by id without a plan
-    rt.placement = {0: 2, 1: 2, 4: 3}
+    rt.assignment = {0: 2, 1: 2, 4: 3}
     assert rt.clients_here([0, 1, 4, 5]) == [0, 1]
     assert rt.rank_of_client(4) == 3 and rt.rank_of_client(5) == 3  # 5 is outside the plan: by id
