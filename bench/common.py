@@ -29,30 +29,42 @@ ENV = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM":
        "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(ROOT)}
 
 # The compute-bound workload of issue 7: a small transformer, 100 clients,
-# 10 per round, 5 local steps (rounds set by the caller).
+# 10 per round, 5 local steps (rounds set by the caller), evaluated every round as
+# users do (issue 16: skipping evaluation hid the server's time while clients wait).
 COMPUTE_BOUND = ("model.name=tiny-bert", "model.hidden_size=128", "model.num_layers=4", "model.num_heads=4",
                  "model.intermediate_size=512", "model.max_length=48", "data.name=embedded", "data.max_train_samples=null",
                  "federation.num_clients=100", "federation.clients_per_round=10", "train.local_steps=5",
-                 "train.batch_size=16", "train.lr=0.0005", "federation.eval_every=1000")
+                 "train.batch_size=16", "train.lr=0.0005", "federation.eval_every=1")
 # The overhead-bound workload: the tiny test model, 1000 clients, short rounds.
 OVERHEAD_BOUND = ("model.name=tiny-bert", "model.max_length=32", "data.name=embedded", "data.max_train_samples=null",
                   "federation.num_clients=1000", "federation.clients_per_round=20", "train.local_steps=1",
                   "train.batch_size=16", "federation.eval_every=1000")
 
 
+# The "before" columns: the engine branch as it was before issue 16 (start-up, per-round
+# placement, evaluation overlapped with training, per-client costs). `--before REF` overrides.
+BEFORE_REF = "8e50674"
+_TREES: dict[str, Path] = {}
+# Set by run_all --lock: every measured run holds this lock (flock(2), the same lock as
+# `flock FILE cmd`), so other jobs on a shared machine run between runs, never during one.
+LOCK: str | None = os.environ.get("BENCH_LOCK") or None
+
+
 def env(**extra: str) -> dict[str, str]:
-    return dict(os.environ, **ENV, **extra)
+    return {**os.environ, **ENV, **extra}
 
 
 @dataclass
 class Measured:
-    """A finished process tree: wall time, peak summed RSS of all its processes."""
+    """A finished process tree: wall time, peak summed memory (PSS, else RSS) of all its
+    processes, and the machine's 1-minute load average as it started."""
     returncode: int
     wall: float
     peak_rss: int
     stdout: str
     stderr: str
     cmd: list[str] = field(default_factory=list)
+    load: float = 0.0
 
     def check(self) -> "Measured":
         if self.returncode != 0:
@@ -61,10 +73,76 @@ class Measured:
         return self
 
 
+def tree(ref: str | None) -> Path:
+    """The source tree to run fedmpi from: this checkout (None), or `git archive REF` unpacked
+    once into a temporary folder. Both are byte-compiled first, so neither pays for compiling
+    fedmpi in every process (this machine sets PYTHONDONTWRITEBYTECODE)."""
+    import compileall
+
+    key = ref or ""
+    if key not in _TREES:
+        if ref is None:
+            path = ROOT
+        else:
+            path = Path(tempfile.mkdtemp(prefix=f"bench_tree_{ref[:12]}_"))
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", str(path)], input=archive.stdout, check=True)
+        compileall.compile_dir(str(path / "fedmpi"), quiet=1)
+        compileall.compile_dir(str(path / "bench"), quiet=1)
+        _TREES[key] = path
+    return _TREES[key]
+
+
+class _Lock:
+    """LOCK around measured runs, held across consecutive runs for up to HOLD_S and then
+    given up after the run that passes it: the other jobs of a shared machine get their
+    turn every few minutes, and no run is ever measured while one of them runs."""
+    HOLD_S = 180.0
+    fh = None
+    since = 0.0
+
+    def __enter__(self):
+        cls = type(self)
+        if LOCK and cls.fh is None:
+            import fcntl
+
+            cls.fh = open(LOCK, "a")
+            fcntl.flock(cls.fh, fcntl.LOCK_EX)
+            cls.since = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        cls = type(self)
+        if cls.fh is not None and time.perf_counter() - cls.since > cls.HOLD_S:
+            cls.fh.close()  # releases the lock
+            cls.fh = None
+
+
 def run_measured(cmd: Sequence[str], *, extra_env: dict[str, str] | None = None, timeout: float = 900,
                  cwd: Path = ROOT, poll: float = 0.2) -> Measured:
-    """Run cmd; wall clock from spawn to exit (start-up included), and the peak
-    of the summed RSS of the whole process tree, sampled every `poll` s (coarse: the sampler must not load the machine it measures)."""
+    """Run cmd (holding LOCK, when set); wall clock from spawn to exit (start-up included), and the
+    peak of the summed RSS of the whole process tree, sampled every `poll` s (coarse: the sampler
+    must not load the machine it measures). `cwd` is also first on PYTHONPATH: the tree measured."""
+    with _Lock():
+        load = os.getloadavg()[0]
+        m = _run_measured(cmd, extra_env={"PYTHONPATH": str(cwd), **(extra_env or {})}, timeout=timeout,
+                          cwd=cwd, poll=poll)
+        m.load = load
+        return m
+
+
+def _pss(p) -> int:
+    """A process's proportional set size (each shared page split between its sharers), else
+    its RSS. Summed over a process tree, RSS counts a page once per process mapping it: ranks
+    forked from one prepared parent (fedmpi launch) or Ray's workers would look N times their size."""
+    try:
+        return p.memory_full_info().pss
+    except Exception:  # noqa: BLE001 - no smaps here, or not ours to read: RSS
+        return p.memory_info().rss
+
+
+def _run_measured(cmd: Sequence[str], *, extra_env: dict[str, str], timeout: float, cwd: Path,
+                  poll: float) -> Measured:
     import psutil
 
     cmd = [str(c) for c in cmd]
@@ -88,7 +166,7 @@ def run_measured(cmd: Sequence[str], *, extra_env: dict[str, str] | None = None,
                 break
             for p in procs:
                 try:
-                    total += p.memory_info().rss
+                    total += _pss(p)
                 except psutil.Error:
                     pass
             peak = max(peak, total)

@@ -16,8 +16,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from bench.common import Section
 
 
 def train_client(model, params, data, cfg, rnd: int, client: int) -> tuple[int, float]:
@@ -43,21 +47,28 @@ def train_client(model, params, data, cfg, rnd: int, client: int) -> tuple[int, 
 
 
 def plain_fedavg(config: str, overrides: list[str]) -> dict:
+    """The FedAvg loop, evaluating the global model every `federation.eval_every` rounds
+    (and after the last), as fedmpi does; `startup_s` is process start -> first round."""
+    import psutil
+
     from fedmpi.engine.sampling import sample_clients
     from fedmpi.config import load_config
-    from fedmpi.data.federated import FederatedData
     from fedmpi.experiment import prepare
     from fedmpi.models.methods import trainable
     from fedmpi.net.flat import flatten, unflatten_into
 
     cfg = load_config(config, overrides)
     prep = prepare(cfg)
-    data = FederatedData(prep.dataset, prep.parts, prep.task.encoder(prep.tokenizer), cfg.seed)
+    data = prep.federated_data(cfg.seed)
     model = prep.model
     params = [p for _, p in trainable(model)]
     fed = cfg.federation
     glob = flatten(params)
     loss = float("nan")
+    ev: dict = {}
+    evals = []
+    first_round = time.time()
+    startup = first_round - psutil.Process().create_time()
     for rnd in range(fed.rounds):
         sampled = sample_clients(fed.num_clients, fed.clients_per_round, cfg.seed, rnd, fed.over_selection)
         acc = torch.zeros(glob.numel(), dtype=torch.float64)
@@ -71,9 +82,13 @@ def plain_fedavg(config: str, overrides: list[str]) -> dict:
             loss_w += loss_sum / max(1, processed) * w
         glob = (acc / weight).to(glob.dtype)
         loss = loss_w / weight
-    unflatten_into(glob, params)
-    ev = prep.task.evaluate(model, data.test_batches(cfg.train.eval_batch_size), torch.device("cpu"))
-    return {"state": glob, "final_loss": loss, **ev}
+        if (rnd + 1) % fed.eval_every == 0 or rnd == fed.rounds - 1:
+            unflatten_into(glob, params)
+            ev = prep.task.evaluate(model, data.test_batches(cfg.train.eval_batch_size), torch.device("cpu"))
+            evals.append({"round": rnd, **ev})
+    loop = time.time() - first_round
+    return {"state": glob, "final_loss": loss, **ev, "evals": evals, "startup_s": startup, "rounds_s": loop,
+            "per_round_s": loop / fed.rounds}
 
 
 def compare_states(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:

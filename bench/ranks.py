@@ -40,7 +40,7 @@ def bench(ranks: tuple[int, ...] = (2, 3, 5, 9), rounds: int = 6) -> Section:
             "heterogeneous links and devices; one run per rank count on this 2-core machine (more ranks than "
             "cores: wall per round shows the cost of oversubscription here, not cluster scaling).\n\n"
             + table(["ranks", "wall s", "s / round", "final loss", "final accuracy", "bytes up",
-                     "metrics identical", "peak RSS all processes"], rows)
+                     "metrics identical", "peak PSS all processes"], rows)
             + f"\n\n**Metrics (every field but wall_seconds / transport_bytes) identical on {', '.join(map(str, ranks))}"
             f" ranks: {same}.**")
     return Section("Rank scaling", body, {"ranks_identical": same,

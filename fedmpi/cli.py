@@ -75,13 +75,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from fedmpi.runfolder import TOKEN_ENV, claim
 
     # Every error knowable before a rank starts, printed once, not once per rank.
-    _, dataset, _ = preflight(cfg)  # data and plug-ins
+    task, dataset, _ = preflight(cfg)  # data and plug-ins
     check_model(cfg, dataset.num_labels)  # model path; split points and layers, on a weightless skeleton
     check_placement(cfg.runtime, args.ranks)  # e.g. runtime.backend=nccl with fewer GPUs than ranks
     mpiexec = find_mpiexec(args.mpiexec)
     mode = resume_mode(args)
     folder = claim(cfg.run_dir, cfg, mode)  # output.dir usable, resume possible, then the lock
     try:
+        task.fill_cache(dataset)  # tokenised once here, memory-mapped by every rank (fedmpi/data/cache.py)
         argv = [args.config] + [x for kv in args.overrides for x in ("--set", kv)] + resume_argv(mode)
         cmd, env = launch_command(mpiexec, args.ranks, argv)
         env[TOKEN_ENV] = folder.lock.token

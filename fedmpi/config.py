@@ -247,6 +247,12 @@ class RuntimeConfig:
                               help="collective timeout: backstop if a launcher fails to end the job")
     threads: int | None = option(None, check=positive, resume=True,
                                  help="torch threads per rank (default: cores / local ranks)")
+    assignment: str = option("balanced", choices=("balanced", "round_robin"), resume=True,
+                            help="which rank hosts a sampled client: balanced by expected work each "
+                                 "round, or fixed by id (results are the same either way)")
+    overlap_evaluation: bool = option(True, resume=True,
+                                      help="the server evaluates round r while clients train round r+1, where "
+                                           "the algorithm allows (results are the same either way)")
 
 
 @dataclass

@@ -44,8 +44,30 @@ class Prepared:
     task: Task
     dataset: Dataset
     parts: list[np.ndarray]
-    tokenizer: Any
     model: nn.Module
+    train_encoded: Any = None  # the whole encoded training split, from the cache (data/cache.py)
+    test_encoded: Any = None
+    _tokenizer: Any = None
+
+    @property
+    def tokenizer(self) -> Any:
+        """Loaded on first use: a rank whose encodings come from the cache never needs it
+        (importing and loading a tokenizer is a second or more of every rank's start-up)."""
+        if self._tokenizer is None:
+            self._tokenizer = self.task.tokenizer()
+        return self._tokenizer
+
+    def federated_data(self, seed: int) -> FederatedData:
+        encoder = None
+
+        def encode(split):
+            nonlocal encoder
+            if encoder is None:
+                encoder = self.task.encoder(self.tokenizer)
+            return encoder(split)
+
+        return FederatedData(self.dataset, self.parts, encode, seed, train=self.train_encoded,
+                             test=self.test_encoded)
 
 
 def preflight(cfg: ExperimentConfig) -> tuple[Task, Dataset, list[np.ndarray]]:
@@ -59,15 +81,19 @@ def preflight(cfg: ExperimentConfig) -> tuple[Task, Dataset, list[np.ndarray]]:
     return task, dataset, parts
 
 
-def prepare(cfg: ExperimentConfig) -> Prepared:
+def prepare(cfg: ExperimentConfig, checked: tuple[Task, Dataset, list[np.ndarray]] | None = None) -> Prepared:
+    """Everything a rank builds from the config (`checked`: what `preflight` already returned)."""
     algorithm = ALGORITHMS.get(cfg.algorithm)
-    task, dataset, parts = preflight(cfg)
-    tokenizer = task.tokenizer()
+    task, dataset, parts = checked or preflight(cfg)
+    train, test = task.cached_encodings(dataset)
     model = task.build_model(dataset)
     if not algorithm.builds_own_method:
         model = apply_method(model, cfg.method)
     algorithm.check_model(cfg, model)
-    return Prepared(task, dataset, parts, tokenizer, model)
+    prep = Prepared(task, dataset, parts, model, train, test)
+    if train is None or test is None:
+        prep.tokenizer  # noqa: B018 - a tokenizer that does not load is a user error: find it before any rank starts
+    return prep
 
 
 def build(cfg: ExperimentConfig, rt: Runtime, prep: Prepared, resume: bool = False) -> SyncEngine:
@@ -81,7 +107,7 @@ def build(cfg: ExperimentConfig, rt: Runtime, prep: Prepared, resume: bool = Fal
                 client_speeds(cfg.compute.client_gflops, cfg.compute.heterogeneity, n, cfg.seed),
                 cfg.compute.server_gflops * 1e9, Transport.from_config(cfg.transport), cfg.seed, ledger,
                 cfg.network.server_up_mbps, cfg.network.server_down_mbps)
-    data = FederatedData(prep.dataset, prep.parts, prep.task.encoder(prep.tokenizer), cfg.seed)
+    data = prep.federated_data(cfg.seed)
     algorithm_cls = ALGORITHMS.get(cfg.algorithm)
     strategies = Strategies.from_config(cfg)
     uses_state = (algorithm_cls.uses_client_state or strategies.uses_client_state

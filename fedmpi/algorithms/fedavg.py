@@ -15,6 +15,7 @@ from fedmpi.net.flat import payload_bytes
 
 class FedAvg(Algorithm):
     name = "fedavg"
+    overlaps_evaluation = True  # the server hosts no clients and serves none
 
     def train_client(self, client: int, rnd: int) -> LocalStats:
         ctx = self.ctx

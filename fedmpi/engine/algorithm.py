@@ -36,6 +36,9 @@ class Algorithm:
     uses_client_state: ClassVar[bool] = False  # ask the engine to ship per-client state
     builds_own_method: ClassVar[bool] = False  # True: the method is not applied to the model beforehand
     trains_with_hooks: ClassVar[bool] = True  # local training goes through ctx.train (client strategies apply)
+    # The server only sends the global state and receives the updates (it hosts no clients):
+    # the engine then evaluates round r on the server while the clients train round r+1.
+    overlaps_evaluation: ClassVar[bool] = False
 
     def __init__(self, ctx: "Context") -> None:
         self.ctx = ctx
@@ -63,6 +66,13 @@ class Algorithm:
     def train_client(self, client: int, rnd: int) -> LocalStats:
         """On the client's rank, with the global state loaded into `params`."""
         raise NotImplementedError
+
+    def client_work(self, client: int) -> float:
+        """A client's expected local work in a round, in any unit (only ratios matter): the
+        engine balances each round's clients over the ranks by it (runtime/clients.py); it
+        never changes results. Default: the samples its local steps process."""
+        t = self.ctx.cfg.train
+        return t.local_steps * min(t.batch_size, self.ctx.data.client_size(client))
 
     def serve(self, rnd: int, live: list[int]) -> None:
         """Server, while the clients train: its share of split learning."""

@@ -42,7 +42,9 @@ from fedmpi.metering.ledger import UP
 from fedmpi.metering.client_memory import enforce_cap, heaviest
 from fedmpi.metering.memory import peak_memory_bytes
 from fedmpi.net.flat import flatten, unflatten_into
+from fedmpi.runtime.clients import balanced
 from fedmpi.seeding import seed_torch
+from fedmpi.signals import Stopped
 from fedmpi.state.store import ClientStateStore
 from fedmpi.strategies.bundle import Strategies
 
@@ -72,6 +74,7 @@ class SyncEngine:
         self.store = store  # server only, when per-client state is in use
         self.checkpoint = checkpoint  # server, when resuming: the state to continue from
         self.wall_before = 0.0  # wall seconds of the run before a resume
+        self.pending: tuple[int, dict[str, Any], float] | None = None  # server: a closed round not yet published
 
     # -- the run --------------------------------------------------------------
     def run(self) -> dict[str, Any] | None:
@@ -91,6 +94,8 @@ class SyncEngine:
         try:
             for rnd in range(start, fed.rounds):
                 self.run_round(rnd)
+            if ctx.rt.is_server:
+                self._publish()
             peaks = link.gather(peak_memory_bytes(ctx.device))
             needs = link.gather(ctx.memory.heaviest)
             if not ctx.rt.is_server:
@@ -139,14 +144,28 @@ class SyncEngine:
         ctx, link, cfg, algo, cs = self.ctx, self.ctx.link, self.ctx.cfg, self.algo, self.strategies.client
         fed = cfg.federation
         link.begin_round(rnd)
-        fault_injection(ctx.rt.rank, rnd)
         t0 = time.perf_counter()
+        if not (ctx.rt.is_server and self.overlap):
+            fault_injection(ctx.rt.rank, rnd)
         sampled = sample_clients(fed.num_clients, fed.clients_per_round, cfg.seed, rnd, fed.over_selection,
                                  fed.sampling, ctx.sampling_quota)
-        for cb in self.callbacks:
-            cb.on_round_start(rnd, sampled)
+        ctx.rt.assignment = self.assign(sampled)
+        try:
+            for cb in self.callbacks:
+                cb.on_round_start(rnd, sampled)
+        except Stopped:
+            # A stop at this round boundary (GracefulStop): the last round's row and
+            # checkpoint, still pending when evaluation overlaps, are written first.
+            if ctx.rt.is_server:
+                self._publish(t0)
+            raise
         algo.before_round(rnd, sampled)
         glob, extra_down = self._download(sampled)
+        if ctx.rt.is_server and self.overlap:
+            # The server has nothing to do until the updates arrive: it evaluates and
+            # publishes the last round (its model is still in `params`) while clients train.
+            self._publish(t0)
+            fault_injection(ctx.rt.rank, rnd)
         agg = self.uplink.aggregator_for(fed, ctx.buffers, sampled, self.numel, cs.extra_kind)
         ctx.grad_hook = self._grad_hook if cs.name != "none" else None
         for c in ctx.rt.clients_here(sampled):
@@ -170,6 +189,25 @@ class SyncEngine:
         algo.after_round(rnd, sampled)
         if ctx.rt.is_server:
             self._close_round(rnd, sampled, result.stats, t0)
+            if not self.overlap:
+                self._publish()
+
+    def assign(self, sampled: list[int]) -> dict[int, int] | None:
+        """This round's client -> rank (every rank computes the same plan; None: by id)."""
+        if self.ctx.cfg.runtime.assignment != "balanced":
+            return None
+        return balanced(sampled, self.algo.client_work, range(1, self.ctx.rt.world_size))
+
+    @property
+    def overlap(self) -> bool:
+        """Whether the server evaluates round r while the clients train round r+1: only when
+        it is idle between sending the global state and receiving the updates (no `serve`, no
+        collective before/after-round work) and nothing it checkpoints changes on the way
+        down (a delta downlink records who holds which model)."""
+        cls = type(self.algo)
+        idle = all(getattr(cls, hook) is getattr(Algorithm, hook) for hook in ("serve", "before_round", "after_round"))
+        return (self.ctx.cfg.runtime.overlap_evaluation and cls.overlaps_evaluation and idle
+                and self.downlink is None)
 
     def _grad_hook(self) -> int:
         """Between a local step's backward and its update: the client strategy's correction
@@ -269,6 +307,8 @@ class SyncEngine:
         return out
 
     def _close_round(self, rnd: int, sampled: list[int], stats: dict[int, dict[str, float]], t0: float) -> None:
+        """Server: the Ledger closes the round (before any row of the next); its metrics
+        row waits in `pending` for the evaluation."""
         fed = self.ctx.cfg.federation
         ledger = self.ctx.link.ledger
         dropped = {c for c, s in stats.items() if s["arrived"] <= 0}
@@ -281,18 +321,31 @@ class SyncEngine:
         row: dict[str, Any] = {"round": rnd, self.ctx.task.score: None, "loss": loss}
         if loss is None:  # no NaN in metrics.jsonl: null, and why
             row["loss_note"] = NO_ARRIVALS
-        if self.due(rnd):
-            row.update(self.evaluate())
-            dp = self.strategies.dp
-            if dp is not None:
-                row["epsilon"] = self.epsilon(rnd + 1)
         row.update({
             "bytes_up": totals.bytes_up, "bytes_down": totals.bytes_down,
             "transport_bytes": totals.transport_bytes, "emulated_seconds": totals.emulated_seconds,
             "client_flops": totals.client_flops, "server_flops": totals.server_flops,
-            "wall_seconds": time.perf_counter() - t0, "bytes_by_kind": totals.bytes_by_kind,
+            "wall_seconds": None, "bytes_by_kind": totals.bytes_by_kind,
             "sampled": len(sampled), "arrived": len(sampled) - len(dropped),
         })
+        self.pending = (rnd, row, t0)
+
+    def _publish(self, until: float | None = None) -> None:
+        """Server: the pending round's evaluation (when due), then its row to the callbacks
+        (metrics, checkpoint, tracker, progress). `until`: when the next round began, which
+        ends this round's share of the wall clock (default: now, after the evaluation)."""
+        if self.pending is None:
+            return
+        rnd, row, t0 = self.pending
+        self.pending = None
+        if self.due(rnd):
+            metrics = self.evaluate()
+            dp = self.strategies.dp
+            if dp is not None:
+                metrics["epsilon"] = self.epsilon(rnd + 1)
+            head = {k: row[k] for k in ("round", self.ctx.task.score, "loss")}
+            row = {**head, **metrics, **{k: v for k, v in row.items() if k not in head}}
+        row["wall_seconds"] = (time.perf_counter() if until is None else until) - t0
         for cb in self.callbacks:
             cb.on_round_end(rnd, row)
         if self.store is not None and self.ctx.cfg.output.checkpoint:

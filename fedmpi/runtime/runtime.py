@@ -27,6 +27,8 @@ class Runtime:
     transport_device: torch.device | None = None
     plan: Any = None  # the job's placement (fedmpi.runtime.placement.Plan), when computed
     store: Any = None  # the rendezvous store (torch.distributed.Store), for control messages
+    # This round's client -> rank, set by the engine from runtime/clients.py (None: by id).
+    assignment: dict[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.transport_device is None:
@@ -46,7 +48,9 @@ class Runtime:
         return self.transport_device != self.device
 
     def rank_of_client(self, client: int) -> int:
-        """Clients are dealt round-robin over ranks 1..N-1."""
+        """The round's assignment; clients outside it are dealt round-robin over ranks 1..N-1."""
+        if self.assignment is not None and client in self.assignment:
+            return self.assignment[client]
         return 1 + client % self.num_client_ranks
 
     def clients_here(self, clients: list[int]) -> list[int]:

@@ -45,6 +45,14 @@ class Task:
         """split -> an encoding with `len()` and `batch(indices)`."""
         raise NotImplementedError
 
+    def cached_encodings(self, dataset: Dataset) -> tuple[Any, Any]:
+        """(train, test) encodings from a cache shared across runs (the train one with
+        `subset(rows)`), or None for each: clients are then encoded on first use."""
+        return None, None
+
+    def fill_cache(self, dataset: Dataset) -> None:
+        """The launcher, before any rank starts: put what `cached_encodings` reads in the cache."""
+
     # -- model --------------------------------------------------------------
     def build_model(self, dataset: Dataset) -> nn.Module:
         raise NotImplementedError

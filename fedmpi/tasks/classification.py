@@ -6,18 +6,20 @@ and mean loss on the test split.
 """
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedmpi.data import cache
 from fedmpi.data.federated import Encoded, to_device
 from fedmpi.data.partition import partition
 from fedmpi.data.sources import load_dataset
-from fedmpi.data.splits import Dataset
+from fedmpi.data.splits import Dataset, TextSplit
 from fedmpi.errors import ConfigError
-from fedmpi.models.backbone import build_model, load_tokenizer
+from fedmpi.models.backbone import build_model, load_tokenizer, resolve
 from fedmpi.tasks.base import Batch, Task
 
 
@@ -53,6 +55,37 @@ class Classification(Task):
         if hasattr(tokenizer, "encode_split"):  # image models: a pixel encoder stands in for the tokenizer
             return lambda split: tokenizer.encode_split(split, max_length)
         return lambda split: Encoded(split, tokenizer, max_length)
+
+    def _cache_names(self, dataset: Dataset) -> tuple[str, str] | None:
+        """The cache files of the train and test encodings (None: text with a local tokenizer only)."""
+        if not (isinstance(dataset.train, TextSplit) and isinstance(dataset.test, TextSplit)):
+            return None
+        if cache.cache_dir() is None:
+            return None
+        tok = cache.tokenizer_fingerprint(resolve(self.cfg.model.name))
+        if tok is None:
+            return None
+        length = self.cfg.model.max_length
+        return cache.key(dataset.train, tok, length), cache.key(dataset.test, tok, length)
+
+    def cached_encodings(self, dataset: Dataset) -> tuple[Any, Any]:
+        names = self._cache_names(dataset)
+        if names is None:
+            return None, None
+        return cache.load(names[0]), cache.load(names[1])
+
+    def fill_cache(self, dataset: Dataset) -> None:
+        names = self._cache_names(dataset)
+        if names is None:
+            return
+        missing = [(split, name) for split, name in zip((dataset.train, dataset.test), names)
+                   if not cache.path_of(name).is_file()]
+        if missing:
+            if importlib.util.find_spec("datasets") is None:  # the cache's writer; without it ranks
+                return  # encode each client on first use, as without a cache
+            tokenizer = self.tokenizer()
+            for split, name in missing:
+                cache.store(name, split, tokenizer, self.cfg.model.max_length)
 
     def build_model(self, dataset: Dataset) -> nn.Module:
         return build_model(self.cfg.model, dataset.num_labels, self.cfg.seed)

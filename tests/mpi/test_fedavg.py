@@ -19,13 +19,17 @@ def runs(tmp_path_factory):
             "network.heterogeneity=0.5", "compute.heterogeneity=0.3", "data.partition=dirichlet")
     three = launch(tmp, 3, *sets, name="r3")
     five = launch(tmp, 5, *sets, name="r5")
+    # the engine as before issue 16: clients fixed to ranks by id, evaluation after each round
+    by_id = launch(tmp, 3, *sets, "runtime.assignment=round_robin", "runtime.overlap_evaluation=false",
+                   name="r3-by-id")
     assert_ok(three)
     assert_ok(five)
-    return three, five
+    assert_ok(by_id)
+    return three, five, by_id
 
 
 def test_same_seed_same_metrics_on_3_and_5_ranks(runs):
-    three, five = runs
+    three, five, _ = runs
     strip = lambda rows: [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
     assert strip(three.metrics) == strip(five.metrics)
     assert three.ledger == five.ledger
@@ -33,6 +37,17 @@ def test_same_seed_same_metrics_on_3_and_5_ranks(runs):
     for key in ("final_accuracy", "final_loss", "total_bytes_up", "total_bytes_down", "total_client_flops",
                 "emulated_seconds"):
         assert s3[key] == s5[key], key
+
+
+def test_assignment_and_overlapped_evaluation_leave_the_run_unchanged(runs):
+    """Clients move between ranks from round to round under the balanced assignment (their
+    seeds, batches and state follow them), and the server evaluates round r while round
+    r+1 trains (on the model it just sent): nothing but wall time may change."""
+    three, _, by_id = runs
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]  # noqa: E731
+    assert strip(three.metrics) == strip(by_id.metrics)
+    assert three.ledger == by_id.ledger
+    assert three.summary["final_accuracy"] == by_id.summary["final_accuracy"]
 
 
 def test_ledger_adds_up_to_metrics_and_summary(runs):
