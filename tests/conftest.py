@@ -72,3 +72,50 @@ def shared_data() -> Path:
         pytest.skip(f"../shared/data not found at {SHARED_DATA}: the real-dataset tests need it "
                     "(set FEDMPI_SHARED_DATA to its path)")
     return SHARED_DATA
+
+
+# The default run keeps one real launch per feature family; these widen a family's matrix
+# (more methods, more signals, more strategy families, a second recipe of the same check) or
+# take minutes, and run with `python -m pytest -m slow`. Listed here, in one place, so the
+# default run's cost is readable at a glance (CI must stay under 15 minutes on 2 cores).
+WIDER_MATRIX = {
+    "tests/mpi/test_peft.py::test_method_trains_and_ledger_holds_only_trainable_state[adapter]",
+    "tests/mpi/test_peft.py::test_method_trains_and_ledger_holds_only_trainable_state[bitfit]",
+    "tests/mpi/test_peft.py::test_method_trains_and_ledger_holds_only_trainable_state[head]",
+    "tests/mpi/test_peft.py::test_method_trains_and_ledger_holds_only_trainable_state[federa-server]",
+    "tests/mpi/test_llm.py::test_other_methods_train_and_travel_exactly_their_state[prompt-128-extra0]",
+    "tests/mpi/test_llm.py::test_other_methods_train_and_travel_exactly_their_state[full-None-extra2]",
+    "tests/mpi/test_llm.py::test_ranks_share_one_conversion_through_the_cache_lock",
+    "tests/mpi/test_strategies.py::test_each_family_is_independent_of_rank_packing[server]",
+    "tests/mpi/test_strategies.py::test_each_family_is_independent_of_rank_packing[robust]",
+    "tests/mpi/test_strategies.py::test_each_family_is_independent_of_rank_packing[client]",
+    "tests/mpi/test_split_mpi.py::test_splitfed_with_one_client_is_fedavg_exactly",
+    "tests/mpi/test_split_mpi.py::test_sfprompt_trains_prompt_and_tail_with_a_frozen_body",
+    "tests/mpi/test_job_signals.py::test_a_signal_stops_every_rank_at_a_round_boundary[SIGINT]",
+    "tests/mpi/test_job_signals.py::test_a_signal_stops_every_rank_at_a_round_boundary[SIGHUP]",
+    "tests/mpi/test_job_signals.py::test_a_round_past_the_grace_period_is_abandoned_checkpoint_intact",
+    "tests/mpi/test_preemption.py::test_usr1_checkpoints_at_the_round_boundary_and_resume_is_bit_identical",
+    "tests/mpi/test_run_folder.py::test_a_killed_launcher_takes_its_job_down_and_the_stale_lock_is_reported",
+    "tests/mpi/test_fedpft_mpi.py::test_no_align_mode_sends_no_stats",
+    "tests/mpi/test_fedpft_mpi.py::test_resume_after_a_kill_matches_the_uninterrupted_run",
+    "tests/mpi/test_client_memory_cap.py::test_fedavg_client_memory_is_the_model_its_gradients_and_adamw_state[lora]",
+    "tests/mpi/test_client_memory_cap.py::test_a_split_client_holds_only_its_head_and_tail",
+    "tests/mpi/test_client_state.py::test_state_spills_and_memory_stays_bounded",
+    "tests/mpi/test_client_state.py::test_state_after_a_kill_and_resume_is_the_uninterrupted_state",
+    "tests/mpi/test_failures.py::test_sigkill_ends_the_job_and_resume_matches[2]",
+    "tests/mpi/test_failures.py::test_dropout_renormalises_over_arrived_clients",
+    "tests/mpi/test_vision.py::test_vision_on_mnist[tiny-clip-prompt-0.03]",
+    "tests/mpi/test_tracker_mpi.py::test_mlflow_run_in_the_run_folder",
+    "tests/mpi/test_backdoor_mpi.py::test_backdoor_run_reports_asr",
+    "tests/mpi/test_server_link.py::test_downloads_share_the_server_uplink_and_uploads_its_downlink",
+    "tests/mpi/test_recost.py::test_recost_equals_a_run_under_the_other_links",
+    "tests/unit/runtime/test_bootstrap.py::test_torchrun_bootstrap",
+    "tests/unit/runtime/test_bootstrap.py::test_torchrun_two_nodes",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid in WIDER_MATRIX:
+            item.add_marker(pytest.mark.slow)
