@@ -231,7 +231,11 @@ class FedPFT(FedAvg):
         ctx = self.ctx
         meter = ActivityMeter(self.sub, self.plan, self.opts.align_activity, self.opts.align_eps)
         try:
-            return ctx.train(self.model, meter.batches(ctx.client_batches(client, rnd)), ctx.optimizer(self.params))
+            # its own FLOP-cache key per aligning round: the activity hooks' ops are counted in
+            # aligning rounds only, and their count depends on the round's FFNs, so a resumed
+            # process meters each aligning round as the uninterrupted one did
+            return ctx.train(self.model, meter.batches(ctx.client_batches(client, rnd)), ctx.optimizer(self.params),
+                             tag=f"train_activity_{rnd}")
         finally:
             self.activity[client] = meter.close(ctx.device)
 
