@@ -15,11 +15,11 @@ from pathlib import Path
 
 from fedmpi.config import load_config
 from fedmpi.errors import ConfigError
-from fedmpi.runner import add_experiment_args, report_error
+from fedmpi.runner import ArgumentParser, add_experiment_args, report_error, resume_argv, resume_mode
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedmpi", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="fedmpi", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("run", help="run an experiment (under mpirun / srun / torchrun; see fedmpi run -h)",
                    add_help=False)
@@ -34,7 +34,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def find_mpiexec(explicit: str | None = None) -> str:
     if explicit:
-        return explicit
+        found = shutil.which(explicit)
+        if not found:
+            raise ConfigError(f"--mpiexec {explicit}: no such executable")
+        return found
     beside = Path(sys.executable).parent / "mpiexec"
     if beside.exists():
         return str(beside)
@@ -68,12 +71,35 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.ranks < 2:
         raise ConfigError(f"fedmpi needs at least 2 ranks (1 server + clients), got -n {args.ranks}")
     from fedmpi.experiment import preflight
+    from fedmpi.preflight import check_model, check_placement
+    from fedmpi.runfolder import TOKEN_ENV, claim
 
-    preflight(cfg)  # data and plug-in errors now, printed once, not once per rank
-    argv = [args.config] + [x for kv in args.overrides for x in ("--set", kv)]
-    argv += ["--resume"] if args.resume else []
-    cmd, env = launch_command(find_mpiexec(args.mpiexec), args.ranks, argv)
-    return subprocess.run(cmd, env=env).returncode
+    # Every error knowable before a rank starts, printed once, not once per rank.
+    _, dataset, _ = preflight(cfg)  # data and plug-ins
+    check_model(cfg, dataset.num_labels)  # model path; split points and layers, on a weightless skeleton
+    check_placement(cfg.runtime, args.ranks)  # e.g. runtime.backend=nccl with fewer GPUs than ranks
+    mpiexec = find_mpiexec(args.mpiexec)
+    mode = resume_mode(args)
+    folder = claim(cfg.run_dir, cfg, mode)  # output.dir usable, resume possible, then the lock
+    try:
+        argv = [args.config] + [x for kv in args.overrides for x in ("--set", kv)] + resume_argv(mode)
+        cmd, env = launch_command(mpiexec, args.ranks, argv)
+        env[TOKEN_ENV] = folder.lock.token
+        from fedmpi.supervise import run_job
+
+        code = run_job(cmd, env)
+    finally:
+        folder.release()
+    if code == 2 and folder.lock.created_dir:
+        _remove_if_unused(cfg.run_dir)
+    return code
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """A run refused by its ranks (exit 2) leaves no folder it created behind, unless it wrote results."""
+    results = ("metrics.jsonl", "checkpoint.pt", "summary.json")
+    if run_dir.is_dir() and not any((run_dir / r).exists() and (run_dir / r).stat().st_size for r in results):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

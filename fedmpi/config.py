@@ -17,8 +17,9 @@ from typing import Any
 import yaml
 
 from fedmpi.errors import ConfigError
-from fedmpi.options import at_least, build, in_range, option, positive, resumable
-from fedmpi.registry import ALGORITHMS, CODECS, METHODS, PARTITIONS, SERVER_STRATEGIES, TASKS
+from fedmpi.options import at_least, build, build_choice, in_range, option, positive, resumable
+from fedmpi.registry import (AGGREGATORS, ALGORITHMS, CLIENT_STRATEGIES, CODECS, METHODS, PARTITIONS, PRIVACY,
+                             SERVER_STRATEGIES, TASKS)
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "config_from_dict", "dump_config"]
 
@@ -35,6 +36,10 @@ class ModelConfig:
     num_heads: int = option(2, check=positive)
     intermediate_size: int = option(64, check=positive)
     image_size: int = option(28, check=positive, help="image models: side length images are resized to")
+    pooling: str = option("auto", choices=("auto", "cls", "mean"),
+                          help="what the classifier reads: the class token, the mean of the token rows "
+                               "(prompt and pad rows excluded), or auto: the architecture's own head "
+                               "(BERT/ViT: class token, CLIP: patch mean); see models/prompting.py")
 
 
 @dataclass
@@ -52,6 +57,15 @@ class DataConfig:
     max_test_samples: int | None = option(None, check=positive)
     text_column: str | None = option(None)
     label_column: str = option("label")
+    # Hyperparameters are chosen on a validation split carved from the training data, never on the test set.
+    validation_fraction: float = option(0.0, check=in_range(0, 1, high_open=True),
+                                        help="share of the training data held out (seeded); 0: none")
+    evaluate: str = option("test", choices=("test", "validation"),
+                           help="score the global model on the test split or on the held-out validation split")
+
+    def validate(self) -> None:
+        if self.evaluate == "validation" and self.validation_fraction <= 0:
+            raise ConfigError("data.evaluate: validation needs data.validation_fraction > 0")
 
 
 @dataclass
@@ -63,6 +77,8 @@ class FederationConfig:
     dropout: float = option(0.0, check=in_range(0, 1, high_open=True), help="P(a sampled client fails the round)")
     deadline_s: float | None = option(None, check=positive, help="emulated round deadline: slower clients dropped")
     over_selection: float = option(1.0, check=at_least(1.0), help="sample ceil(k * this), keep the first k")
+    sampling: str = option("without_replacement", choices=("without_replacement", "poisson"),
+                           help="clients_per_round drawn each round, or each client with p = k/N (DP's Poisson)")
     # float64 accumulation makes the average independent of how clients are
     # packed into ranks (identical results on 3 or 9 ranks); float32 halves
     # the bytes moved by the collective.
@@ -93,6 +109,10 @@ class NetworkConfig:
     # client,up_mbps,down_mbps[,latency_ms].
     heterogeneity: float = option(0.0, check=at_least(0))
     trace: str | None = option(None)
+    # The server's own link, shared max-min fairly by the clients transferring at once
+    # (net/fairshare.py); unlimited by default.
+    server_up_mbps: float | None = option(None, check=positive, help="server uplink: every download leaves here")
+    server_down_mbps: float | None = option(None, check=positive, help="server downlink: every upload lands here")
 
     def validate(self) -> None:
         from fedmpi.net.profiles import read_trace, resolve_base
@@ -117,6 +137,9 @@ class ComputeConfig:
     client_gflops: float = option(50.0, check=positive, help="emulated client device speed, GFLOP/s")
     server_gflops: float = option(5000.0, check=positive)
     heterogeneity: float = option(0.0, check=at_least(0), help="lognormal sigma of client speed")
+    client_memory_mb: float | None = option(None, check=positive,
+                                            help="client device memory: a run whose clients need more to train "
+                                                 "(weights, gradients, optimizer, activations) is refused")
 
 
 @dataclass
@@ -126,30 +149,86 @@ class AttackConfig:
     trigger: str = option("cf")
     trigger_position: int = option(0, help="token position where the trigger word goes; -1 = end")
     target_label: int = option(0, check=at_least(0))
+    min_malicious_per_round: int = option(0, check=at_least(0),
+                                          help="guarantee this many malicious clients in every round's sample")
 
 
 @dataclass
 class TransportConfig:
-    """How messages are encoded on each direction (the ledger charges encoded bytes)."""
+    """How messages are encoded (the ledger charges encoded bytes): per direction, and
+    per message kind (`kinds: {activations: fp16}` applies to that kind both ways)."""
     up: Any = option(default_factory=lambda: _codec_default(), select=CODECS)
     down: Any = option(default_factory=lambda: _codec_default(), select=CODECS)
+    kinds: dict[str, Any] = option(default_factory=dict, help="message kind -> codec, overriding up/down")
+    down_delta: bool = option(False, help="send clients that hold the last round's model the encoded "
+                                          "difference; the others get the current model whole (fp32)")
 
     def validate(self) -> None:
-        """Checks across a codec's keys (e.g. topk's fraction vs k), named by their dotted keys."""
-        for direction in ("up", "down"):
-            check = getattr(getattr(self, direction), "validate_at", None)
+        """Each codec section built and checked across its keys (topk's fraction vs k), named by
+        its dotted key; error feedback only where a client can carry a residual (its uploads)."""
+        self.kinds = {str(kind): build_choice(CODECS, "fp32", spec, f"transport.kinds.{kind}")
+                      for kind, spec in self.kinds.items()}
+        sections = [("transport.up.", self.up), ("transport.down.", self.down)] + [
+            (f"transport.kinds.{k}.", v) for k, v in self.kinds.items()]
+        for prefix, opts in sections:
+            check = getattr(opts, "validate_at", None)
             if callable(check):
-                check(f"transport.{direction}.")
+                check(prefix)
+            feedback = getattr(opts, "error_feedback", False)
+            if feedback and (prefix == "transport.down." or (prefix.startswith("transport.kinds.")
+                                                             and prefix.split(".")[2] not in ("update", "control"))):
+                raise ConfigError(f"{prefix}error_feedback carries a client's residual to its next upload of "
+                                  f"the same message: it applies to transport.up (updates, control variates) only")
+        if self.down_delta and self.down.name == "fp32":
+            raise ConfigError("transport.down_delta sends encoded differences: choose a lossy transport.down "
+                              "codec too (with fp32 the difference costs what the model costs)")
 
 
 def _codec_default() -> Any:
     return CODECS.get("fp32").Options()
 
 
+def _entry_default(registry: Any, name: str) -> Any:
+    return lambda: registry.get(name).Options()
+
+
 @dataclass
 class StrategyConfig:
-    """How the server turns client updates into the next global state."""
-    server: Any = option(default_factory=lambda: SERVER_STRATEGIES.get("fedavg").Options(), select=SERVER_STRATEGIES)
+    """How client updates become the next global state (fedmpi/strategies), in four parts.
+    Order of operations each round: clip -> encode/decode (+ error feedback) ->
+    aggregate -> noise -> server optimiser."""
+    server: Any = option(default_factory=_entry_default(SERVER_STRATEGIES, "fedavg"), select=SERVER_STRATEGIES,
+                         help="server optimiser on the aggregate")
+    client: Any = option(default_factory=_entry_default(CLIENT_STRATEGIES, "none"), select=CLIENT_STRATEGIES,
+                         help="hooks around local training (FedProx, SCAFFOLD)")
+    aggregator: Any = option(default_factory=_entry_default(AGGREGATORS, "mean"), select=AGGREGATORS,
+                             help="how the arrived updates are combined")
+    privacy: Any = option(default_factory=_entry_default(PRIVACY, "none"), select=PRIVACY,
+                          help="differential privacy of the aggregate")
+
+
+def check_strategies(cfg: Any) -> None:
+    """Checks across sections for `strategy` (each part's own `check`, and their combinations)."""
+    s = cfg.strategy
+    SERVER_STRATEGIES.get(s.server.name).check(cfg)
+    CLIENT_STRATEGIES.get(s.client.name).check(cfg)
+    AGGREGATORS.get(s.aggregator.name).check(cfg)
+    PRIVACY.get(s.privacy.name).check(cfg)
+    algorithm = ALGORITHMS.get(cfg.algorithm)
+    if s.client.name != "none" and not getattr(algorithm, "trains_with_hooks", True):
+        raise ConfigError(f"strategy.client.name {s.client.name} changes each local step; algorithm "
+                          f"'{cfg.algorithm}' trains through split-learning steps that do not call it: "
+                          f"use strategy.client.name none")
+    if s.privacy.name == "dp" and not getattr(algorithm, "trains_with_hooks", True):
+        raise ConfigError(f"strategy.privacy.name dp protects the model update only; algorithm "
+                          f"'{cfg.algorithm}' also sends activations and gradients that it cannot protect")
+    if cfg.federation.sampling == "poisson" and cfg.federation.over_selection > 1:
+        raise ConfigError("federation.sampling poisson draws each client independently; "
+                          "federation.over_selection must stay 1")
+    if s.client.name == "scaffold" and s.aggregator.name not in ("mean", "norm_clip"):
+        raise ConfigError(f"strategy.client.name scaffold averages its control variates over every arrived "
+                          f"client; strategy.aggregator.name {s.aggregator.name} would drop or reshape "
+                          f"updates without their variates: use strategy.aggregator.name mean")
 
 
 @dataclass
@@ -160,7 +239,10 @@ class StateConfig:
 
 @dataclass
 class RuntimeConfig:
-    backend: str = option("auto", choices=("auto", "gloo", "nccl"))
+    backend: str = option("auto", choices=("auto", "gloo", "nccl"),
+                          help="auto: NCCL when every rank has a GPU of its own, else gloo (CPU staging)")
+    device: str = option("auto", choices=("auto", "cpu", "cuda"),
+                         help="compute device: auto = a GPU when visible (see fedmpi.runtime.placement)")
     timeout_s: float = option(300.0, check=positive, resume=True,
                               help="collective timeout: backstop if a launcher fails to end the job")
     threads: int | None = option(None, check=positive, resume=True,
@@ -201,6 +283,8 @@ class ExperimentConfig:
     output: OutputConfig = option(default_factory=OutputConfig)
     # The algorithm's own knobs (split points, pruning ratio, ...), typed by its Options.
     options: Any = option(default_factory=dict, select=ALGORITHMS, select_by="algorithm")
+    # The task's own knobs (prompt format, verbalisers, ...), typed by its Options.
+    task_options: Any = option(default_factory=dict, select=TASKS, select_by="task")
 
     @property
     def run_dir(self) -> Path:
@@ -218,6 +302,7 @@ class ExperimentConfig:
         TASKS.get(self.task).check(self)
         ALGORITHMS.get(self.algorithm).check(self)
         METHODS.get(self.method.name).check(self)
+        check_strategies(self)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, raw: str) -> None:

@@ -21,6 +21,7 @@ from fedmpi.engine.callbacks import Callback, Checkpointer, MetricsLog, Progress
 from fedmpi.engine.context import Context
 from fedmpi.engine.loop import SyncEngine
 from fedmpi.engine.outputs import RunWriter, load_checkpoint
+from fedmpi.engine.stopping import GracefulStop
 from fedmpi.metering.flops import FlopMeter
 from fedmpi.metering.ledger import Ledger
 from fedmpi.models.methods import apply_method
@@ -28,11 +29,12 @@ from fedmpi.net.clock import make_clock
 from fedmpi.net.codec import Transport
 from fedmpi.net.link import Link
 from fedmpi.net.profiles import client_profiles, client_speeds
-from fedmpi.plugins import backdoor, tracker
+from fedmpi.plugins import backdoor, generations, tracker
 from fedmpi.plugins.init_sync import InitialSync
-from fedmpi.registry import ALGORITHMS, SERVER_STRATEGIES, TASKS
+from fedmpi.registry import ALGORITHMS, TASKS
 from fedmpi.runtime import Runtime
 from fedmpi.state.store import ClientState, ClientStateStore, return_freed_memory_promptly
+from fedmpi.strategies.bundle import Strategies
 from fedmpi.tasks.base import Task
 
 
@@ -52,7 +54,7 @@ def preflight(cfg: ExperimentConfig) -> tuple[Task, Dataset, list[np.ndarray]]:
     task = TASKS.get(cfg.task)(cfg)
     dataset = task.load_data()
     parts = task.partition(dataset)
-    backdoor.check(cfg.attack, dataset)
+    backdoor.check(cfg.attack, dataset, cfg.federation)
     tracker.check(cfg.output.tracker)
     return task, dataset, parts
 
@@ -77,14 +79,19 @@ def build(cfg: ExperimentConfig, rt: Runtime, prep: Prepared, resume: bool = Fal
     ledger = Ledger(writer.ledger_path) if writer is not None else None
     link = Link(rt, client_profiles(cfg.network, n, cfg.seed), make_clock(cfg.network.clock),
                 client_speeds(cfg.compute.client_gflops, cfg.compute.heterogeneity, n, cfg.seed),
-                cfg.compute.server_gflops * 1e9, Transport.from_config(cfg.transport), cfg.seed, ledger)
+                cfg.compute.server_gflops * 1e9, Transport.from_config(cfg.transport), cfg.seed, ledger,
+                cfg.network.server_up_mbps, cfg.network.server_down_mbps)
     data = FederatedData(prep.dataset, prep.parts, prep.task.encoder(prep.tokenizer), cfg.seed)
     algorithm_cls = ALGORITHMS.get(cfg.algorithm)
-    uses_state = algorithm_cls.uses_client_state
+    strategies = Strategies.from_config(cfg)
+    uses_state = (algorithm_cls.uses_client_state or strategies.uses_client_state
+                  or bool(getattr(cfg.transport.up, "error_feedback", False)))
     ctx = Context(cfg, rt, link, data, prep.task, FlopMeter(), prep.model.to(rt.device), ClientState(uses_state),
                   run_dir=writer.dir if writer is not None else None)
     algorithm = algorithm_cls(ctx)
     plugins: list[Callback] = [InitialSync()]
+    if cfg.task == "causal_lm":  # sample generations, FlowerTune's communication cost, the data report
+        plugins += generations.causal_lm_plugins(ctx)
     if cfg.attack.malicious_fraction > 0:
         plugins.append(backdoor.BackdoorAttack(ctx))
     store = None
@@ -92,8 +99,9 @@ def build(cfg: ExperimentConfig, rt: Runtime, prep: Prepared, resume: bool = Fal
         return_freed_memory_promptly()
         store = ClientStateStore(int(cfg.state.memory_mb * 2**20), writer.dir / "client_state",
                                  keep_superseded=cfg.output.checkpoint)
-    strategy = SERVER_STRATEGIES.get(cfg.strategy.server.name)(cfg.strategy.server)
-    engine = SyncEngine(ctx, algorithm, strategy, callbacks=plugins, writer=writer, store=store, checkpoint=ck)
+    engine = SyncEngine(ctx, algorithm, strategies, callbacks=plugins, writer=writer, store=store, checkpoint=ck)
+    # Every rank: stop at a round boundary on a signal (fedmpi.signals), checkpoint written.
+    engine.callbacks.append(GracefulStop(rt, writer, engine.checkpoint_state, checkpointed=cfg.output.checkpoint))
     if writer is not None:
         engine.callbacks.append(MetricsLog(writer, ledger))
         if cfg.output.checkpoint:

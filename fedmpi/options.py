@@ -208,18 +208,28 @@ def build_selected(f: dataclasses.Field, registry: Any, value: Any, siblings: di
                    fields: dict[str, dataclasses.Field]) -> Any:
     """The Options instance of the registry entry a section names."""
     by = f.metadata.get("select_by")
+    if by:
+        value = {} if value is None else value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section '{key}' must be a mapping, got {value!r}")
+        return build_choice(registry, siblings.get(by, _default(fields[by])), value, key, named=False)
+    return build_choice(registry, getattr(_default(f), "name", None), value, key)
+
+
+def build_choice(registry: Any, default_name: str | None, value: Any, key: str, named: bool = True) -> Any:
+    """`value` (a mapping with `name`, or just the name) as the chosen entry's Options.
+    With named=False the entry is `default_name` and the mapping holds only options."""
     value = {} if value is None else value
-    if isinstance(value, str) and not by:  # `transport.up: int8` is short for `{name: int8}`
+    if isinstance(value, str) and named:  # `transport.up: int8` is short for `{name: int8}`
         value = {"name": value}
     if not isinstance(value, dict):
         raise ConfigError(f"config section '{key}' must be a mapping, got {value!r}")
     value = dict(value)
-    if by:
-        name = siblings.get(by, _default(fields[by]))
-    else:
-        default = _default(f)
-        name = coerce(value.get("name", getattr(default, "name", None)), str, f"{key}.name")
+    if named:
+        name = coerce(value.get("name", default_name), str, f"{key}.name")
         value["name"] = name
+    else:
+        name = default_name
     cls = registry.get(name)
     opts = getattr(cls, "Options", NoOptions)
     what = f"{registry.key} '{name}'"

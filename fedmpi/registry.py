@@ -59,6 +59,7 @@ METHODS = Registry("method.name", {
 # What is learned and how it is scored (model head, batches, loss, metrics).
 TASKS = Registry("task", {
     "classification": "fedmpi.tasks.classification:Classification",
+    "causal_lm": "fedmpi.tasks.causal_lm:CausalLM",
 })
 
 # How a message is encoded on the wire; the ledger charges the encoded bytes.
@@ -73,9 +74,36 @@ CODECS = Registry("transport codec", {
     "randk": "fedmpi.net.codecs.sparse:RandK",
 })
 
-# What the server does with the round's mean update (strategy.server).
-SERVER_STRATEGIES = Registry("strategy.server", {
+# Strategies (fedmpi/strategies): the server optimiser applied to the aggregate,
+# hooks around each client's local training, how arrived updates are combined,
+# and differential privacy of the aggregate. Each is a `strategy.<part>` section.
+SERVER_STRATEGIES = Registry("strategy.server.name", {
     "fedavg": "fedmpi.strategies.base:ServerStrategy",
+    "fedavgm": "fedmpi.strategies.fedavgm:FedAvgM",
+    "fedadagrad": "fedmpi.strategies.adaptive:FedAdagrad",
+    "fedadam": "fedmpi.strategies.adaptive:FedAdam",
+    "fedyogi": "fedmpi.strategies.adaptive:FedYogi",
 })
 
-PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
+CLIENT_STRATEGIES = Registry("strategy.client.name", {
+    "none": "fedmpi.strategies.client:ClientStrategy",
+    "fedprox": "fedmpi.strategies.fedprox:FedProx",
+    "scaffold": "fedmpi.strategies.scaffold:Scaffold",
+})
+
+AGGREGATORS = Registry("strategy.aggregator.name", {
+    "mean": "fedmpi.strategies.robust:RobustAggregator",
+    "median": "fedmpi.strategies.median:Median",
+    "trimmed_mean": "fedmpi.strategies.trimmed_mean:TrimmedMean",
+    "krum": "fedmpi.strategies.krum:Krum",
+    "multi_krum": "fedmpi.strategies.krum:MultiKrum",
+    "norm_clip": "fedmpi.strategies.norm_clip:NormClip",
+})
+
+PRIVACY = Registry("strategy.privacy.name", {
+    "none": "fedmpi.strategies.dp:NoPrivacy",
+    "dp": "fedmpi.strategies.dp:DPFedAvg",
+})
+
+# "natural": the dataset's own clients (chitchat participants); only where a task has them.
+PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "natural")

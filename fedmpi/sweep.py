@@ -9,6 +9,16 @@ A grid file names a base config, fixed overrides and per-key value lists::
       seed: [0, 1]
     name: "{method.name}-s{seed}"       # optional; each entry's run folder name
 
+``cases`` (optional) are named configurations crossed with the grid, each with
+its own fixed overrides and its own grid (e.g. each method with its learning
+rate, or its own learning-rate range)::
+
+    cases:
+      full: {set: {method.name: full, train.lr: 5.0e-5}}
+      lora: {set: {method.name: lora}, grid: {train.lr: [3.0e-4, 1.0e-3, 3.0e-3]}}
+    grid: {seed: [0, 1, 2]}
+    name: "{case}-lr{train.lr}-s{seed}"  # {case} is the case's name
+
 Every entry is validated with the real config loader before anything runs, so
 a typo fails the whole sweep up front instead of in array task 17 an hour in.
 Each entry gets its own ``name`` and hence its own run folder.
@@ -42,7 +52,7 @@ import yaml
 from fedmpi.config import load_config
 from fedmpi.errors import ConfigError
 
-GRID_KEYS = ("base", "set", "grid", "name")
+GRID_KEYS = ("base", "set", "grid", "name", "cases")
 LAUNCHERS = ("auto", "srun", "mpirun", "none")
 DEFAULT_RANKS = 3  # one server + two client ranks: enough for any client count
 _FIELD = re.compile(r"\{([^{}]+)\}")
@@ -108,11 +118,13 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def render_name(template: str, resolved: dict[str, Any]) -> str:
-    """Fill ``{dotted.key}`` / ``{dotted.key:spec}`` from the resolved config."""
+def render_name(template: str, resolved: dict[str, Any], case: str | None = None) -> str:
+    """Fill ``{dotted.key}`` / ``{dotted.key:spec}`` from the resolved config (``{case}``: the case's name)."""
 
     def field(match: re.Match[str]) -> str:
         key, _, spec = match.group(1).partition(":")
+        if key.strip() == "case" and case is not None:
+            return case
         try:
             value = _lookup(resolved, key.strip())
         except KeyError:
@@ -175,24 +187,27 @@ def expand(grid_file: str | Path, extra: list[str] | None = None) -> Sweep:
     spec = _read_grid(path)
     base = path.parent / spec["base"]
     fixed = [f"{k}={format_value(v)}" for k, v in (spec.get("set") or {}).items()] + list(extra or [])
-    grid: dict[str, list[Any]] = spec.get("grid") or {}
-    keys = list(grid)
     entries: list[Entry] = []
-    for index, combo in enumerate(itertools.product(*(grid[k] for k in keys))):
-        point = dict(zip(keys, combo))
-        varied = [f"{k}={format_value(v)}" for k, v in point.items()]
-        overrides = fixed + varied
-        try:
-            cfg = load_config(base, overrides)
-        except ConfigError as exc:
-            where = ", ".join(f"{k}={format_value(v)}" for k, v in point.items()) or "no grid keys"
-            raise type(exc)(f"{exc} [grid entry {index}: {where}]") from None
-        if "name" in spec:
-            name = render_name(spec["name"], cfg.to_dict())
-        else:
-            name = default_name(cfg.name, index, point)
-        overrides.append(f"name={format_value(name)}")
-        entries.append(Entry(index, name, overrides, Path(cfg.output.dir) / name, varied))
+    for case, case_set, grid in _cases(spec, path):
+        keys = list(grid)
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            index = len(entries)
+            point = dict(zip(keys, combo))
+            varied = [f"{k}={format_value(v)}" for k, v in point.items()]
+            overrides = fixed[:len(fixed) - len(extra or [])] + case_set + varied + list(extra or [])
+            try:
+                cfg = load_config(base, overrides)
+            except ConfigError as exc:
+                where = ", ".join([f"case {case}"] * (case is not None)
+                                  + [f"{k}={format_value(v)}" for k, v in point.items()]) or "no grid keys"
+                raise type(exc)(f"{exc} [grid entry {index}: {where}]") from None
+            if "name" in spec:
+                name = render_name(spec["name"], cfg.to_dict(), case)
+            else:
+                name = default_name(cfg.name if case is None else f"{cfg.name}-{case}", index, point)
+            overrides.append(f"name={format_value(name)}")
+            shown_point = ([f"case={case}"] if case is not None else []) + varied
+            entries.append(Entry(index, name, overrides, Path(cfg.output.dir) / name, shown_point))
     seen: dict[Path, int] = {}
     for entry in entries:
         if entry.run_dir in seen:
@@ -200,6 +215,30 @@ def expand(grid_file: str | Path, extra: list[str] | None = None) -> Sweep:
                              f"{entry.run_dir}; put a grid key that tells them apart in the 'name' template")
         seen[entry.run_dir] = entry.index
     return Sweep(path, base, fixed, entries)
+
+
+def _cases(spec: dict[str, Any], path: Path) -> list[tuple[str | None, list[str], dict[str, list[Any]]]]:
+    """(case name, its fixed overrides, its grid) for each case; one unnamed case without `cases`."""
+    top = spec.get("grid") or {}
+    if not spec.get("cases"):
+        return [(None, [], top)]
+    if not isinstance(spec["cases"], dict):
+        raise SweepError(f"grid file {path}: 'cases' must map case names to {{set: ..., grid: ...}}")
+    out = []
+    for name, body in spec["cases"].items():
+        body = body or {}
+        if not isinstance(body, dict) or set(body) - {"set", "grid"}:
+            raise SweepError(f"grid file {path}: case '{name}' takes 'set' and 'grid' only")
+        own = body.get("grid") or {}
+        for key, values in own.items():
+            if not isinstance(values, list) or not values:
+                raise SweepError(f"grid file {path}: case '{name}' grid.{key} must be a non-empty list of values")
+        clash = set(own) & set(top)
+        if clash:
+            raise SweepError(f"grid file {path}: case '{name}' and the top-level grid both vary {sorted(clash)[0]}")
+        case_set = [f"{k}={format_value(v)}" for k, v in (body.get("set") or {}).items()]
+        out.append((str(name), case_set, {**own, **top}))
+    return out
 
 
 def resolve_launcher(requested: str, env: dict[str, str] | None = None) -> str:
@@ -225,7 +264,8 @@ def resolve_launcher(requested: str, env: dict[str, str] | None = None) -> str:
 
 def command_for(entry: Entry, base: Path, launcher: str, ranks: int | None, resume: bool = False) -> list[str]:
     """The argv that runs ``entry``; for launcher ``none`` the in-process argv."""
-    sets = [arg for item in entry.overrides for arg in ("--set", item)] + (["--resume"] if resume else [])
+    # Re-run array tasks: entries that had checkpointed continue, the others start (with a notice).
+    sets = [arg for item in entry.overrides for arg in ("--set", item)] + (["--resume-or-start"] if resume else [])
     if launcher == "none":
         return ["run", str(base), *sets]
     if launcher == "srun":
@@ -253,6 +293,39 @@ def _in_process(argv: list[str]) -> int:
     return int(run_main(argv[1:]) or 0)
 
 
+def state_of(entry: Entry) -> str:
+    """'done' (summary written), 'cut' (a checkpoint without a summary) or 'new'."""
+    if (entry.run_dir / "summary.json").is_file():
+        return "done"
+    return "cut" if (entry.run_dir / "checkpoint.pt").is_file() else "new"
+
+
+def run_all(sweep: Sweep, launcher: str, ranks: int | None, resume: bool,
+            run_in_process: Callable[[list[str]], int]) -> int:
+    """Every entry in order, one job at a time (parallel jobs on a few cores only slow
+    each other and spoil wall-clock figures). Stops at the first failure; run again
+    with --resume to go on from there."""
+    import time
+
+    t0 = time.perf_counter()
+    for entry in sweep.entries:
+        state = state_of(entry)
+        if resume and state == "done":
+            print(f"fedmpi sweep: entry {entry.index}: '{entry.name}' done, skipped", file=sys.stderr, flush=True)
+            continue
+        cmd = command_for(entry, sweep.base, launcher, ranks, resume and state == "cut")
+        print(f"fedmpi sweep: entry {entry.index} of {len(sweep.entries)}: '{entry.name}' "
+              f"({'continued' if resume and state == 'cut' else 'started'}) via {launcher}",
+              file=sys.stderr, flush=True)
+        rc = run_in_process(cmd) if launcher == "none" else subprocess.call(cmd)
+        if rc != 0:
+            print(f"fedmpi sweep: entry {entry.index} failed ({rc}); fix it and re-run with --all --resume",
+                  file=sys.stderr)
+            return rc
+    print(f"fedmpi sweep: {len(sweep.entries)} entries done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedmpi sweep", description="Expand a grid of experiments; list, count or run one.")
     p.add_argument("grid", help="grid YAML file (keys: base, set, grid, name)")
@@ -260,12 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--dry-run", action="store_true", help="print the numbered entries and exit")
     what.add_argument("--count", action="store_true", help="print the number of entries and exit")
     what.add_argument("--run-index", type=int, metavar="I", help="run entry I (e.g. $SLURM_ARRAY_TASK_ID)")
+    what.add_argument("--all", action="store_true",
+                      help="run every entry, one after another (with --resume: skip finished ones, continue "
+                           "a cut one from its checkpoint)")
     p.add_argument("--launcher", choices=LAUNCHERS, default="auto",
                    help="how to start the ranks of the entry (default: auto, see docs)")
     p.add_argument("-n", "--ranks", type=int, default=None,
                    help=f"ranks per entry (mpirun default {DEFAULT_RANKS}; srun default: the allocation)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the entry from its run folder's checkpoint (re-run array tasks)")
+                   help="continue the entry from its run folder's checkpoint, or start it if it has none "
+                        "(re-run array tasks); with --all, entries whose summary.json exists are done")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra override for every entry (repeatable)")
     return p
@@ -280,6 +357,8 @@ def main(argv: list[str], run_in_process: Callable[[list[str]], int] = _in_proce
         if args.count:
             print(len(sweep.entries))
             return 0
+        if args.all:
+            return run_all(sweep, resolve_launcher(args.launcher), args.ranks, args.resume, run_in_process)
         if args.run_index is None:
             print(format_table(sweep))
             return 0

@@ -9,9 +9,9 @@ them show on a CPU-only machine:
   real CPU tensor fails as CUDA would ("Expected all tensors to be on the same
   device"). The Runtime's device is `meta`, so the Link's own check
   (`Link._check_device`) rejects any CPU tensor handed to it.
-- `threaded_dist`: the few torch.distributed calls the Link makes (broadcast,
-  reduce, object collectives, send/recv), between threads, in place of a
-  process group; rank = the calling thread's.
+- `ThreadedWorld`: the few torch.distributed calls the Link and the Runtime make
+  (broadcast, reduce, all_reduce, object collectives, send/recv), between
+  threads, in place of a process group; rank = the calling thread's.
 
 `run_cluster(cfg, ranks)` runs the engine on every rank and returns the
 server's summary and every rank's engine, or raises the first rank's error.
@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch.utils._pytree import tree_map
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 FAKE = torch.device("meta")  # what the fake accelerator reports
@@ -94,13 +95,26 @@ class FakeDeviceMode(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+class FakeFactoryMode(TorchFunctionMode):
+    """`torch.tensor(data, device=FAKE)` builds its tensor without dispatching an op
+    that names the device (it would be a real, data-less meta tensor): build it on the
+    CPU and wrap it instead."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        dev = kwargs.get("device")
+        if func in (torch.tensor, torch.as_tensor) and dev is not None and torch.device(dev) == FAKE:
+            return OnFake(func(*args, **dict(kwargs, device=torch.device("cpu"))))
+        return func(*args, **kwargs)
+
+
 @contextmanager
 def fake_device():
     """Enter the fake accelerator on this thread (module.to(FAKE) swaps parameters in)."""
     was = torch.__future__.get_swap_module_params_on_conversion()
     torch.__future__.set_swap_module_params_on_conversion(True)
     try:
-        with FakeDeviceMode():
+        with FakeDeviceMode(), FakeFactoryMode():
             yield FAKE
     finally:
         torch.__future__.set_swap_module_params_on_conversion(was)
@@ -109,7 +123,7 @@ def fake_device():
 class ThreadedWorld:
     """The torch.distributed calls of fedmpi.net.link, between the threads of one process."""
 
-    ReduceOp = SimpleNamespace(SUM="sum")
+    ReduceOp = SimpleNamespace(SUM="sum", MAX="max")
 
     def __init__(self, world: int, timeout: float = 120.0) -> None:
         self.world = world
@@ -144,6 +158,13 @@ class ThreadedWorld:
                 total = total + t
             tensor.copy_(total)
 
+    def all_reduce(self, tensor: torch.Tensor, op=None) -> None:
+        seen = self._exchange(tensor.detach().clone())
+        out = seen[0]
+        for t in seen[1:]:
+            out = torch.maximum(out, t) if op == self.ReduceOp.MAX else out + t
+        tensor.copy_(out)
+
     def broadcast_object_list(self, box: list, src: int, device=None) -> None:
         seen = self._exchange(copy.deepcopy(box) if self.rank == src else None)
         box[:] = copy.deepcopy(seen[src])
@@ -172,6 +193,7 @@ class ThreadedWorld:
     def as_module(self) -> SimpleNamespace:
         """What `fedmpi.net.link` calls `dist`."""
         return SimpleNamespace(ReduceOp=self.ReduceOp, broadcast=self.broadcast, reduce=self.reduce,
+                               all_reduce=self.all_reduce,
                                broadcast_object_list=self.broadcast_object_list, gather_object=self.gather_object,
                                barrier=self.barrier_, send=self.send, recv=self.recv,
                                send_object_list=self.send_object_list, recv_object_list=self.recv_object_list)
@@ -187,11 +209,13 @@ def run_cluster(cfg, ranks: int, monkeypatch, device: torch.device = FAKE) -> Cl
     """Every rank's engine in its own thread (on the fake accelerator unless `device` is the CPU);
     the server's summary and the engines, or the first error raised on any rank."""
     import fedmpi.net.link as link_module
+    import fedmpi.runtime.runtime as runtime_module
     from fedmpi.experiment import build, prepare
     from fedmpi.runtime import Runtime
 
     world = ThreadedWorld(ranks)
     monkeypatch.setattr(link_module, "dist", world.as_module())
+    monkeypatch.setattr(runtime_module, "dist", world.as_module())  # Runtime.any_rank (stopping on a signal)
     preps = [prepare(cfg) for _ in range(ranks)]  # each rank builds its own model, as under MPI
     results: list[Any] = [None] * ranks
     engines: list[Any] = [None] * ranks

@@ -37,6 +37,7 @@ from fedmpi.algorithms.splitfed import SplitFed, SplitOptions
 from fedmpi.data.federated import Encoded
 from fedmpi.engine.training import Batch, LocalStats, to_device
 from fedmpi.metering.flops import FlopMeter, shape_key
+from fedmpi.metering.formulas import optimizer_step_flops
 from fedmpi.models.split import SplitModel
 from fedmpi.options import at_least, in_range, option, positive
 
@@ -173,8 +174,11 @@ class SFPrompt(SplitFed):
             loss.backward()
             return loss
 
-        _, flops = self.ctx.meter.run(("local-loss", shape_key(batch)), step)
-        opt.step()
+        key = ("local-loss", shape_key(batch))
+        with self.ctx.memory.measure(key, split, opt):
+            _, flops = self.ctx.meter.run(key, step)
+            flops += optimizer_step_flops(opt)
+            opt.step()
         return flops
 
     def report(self) -> dict[str, object]:

@@ -29,6 +29,7 @@ from fedmpi.engine.algorithm import Algorithm
 from fedmpi.engine.training import Batch, LocalStats, to_device
 from fedmpi.errors import ConfigError
 from fedmpi.metering.flops import shape_key
+from fedmpi.metering.formulas import optimizer_step_flops
 from fedmpi.models.split import SplitModel, SplitPoints, check_points
 from fedmpi.net.flat import flatten, payload_bytes, unflatten_into
 from fedmpi.options import at_least, option
@@ -57,6 +58,7 @@ class SplitFedOptions(SplitOptions):
 class SplitFed(Algorithm):
     name = "splitfed"
     Options = SplitFedOptions
+    trains_with_hooks = False  # its split steps bypass ctx.train: no client strategy, no DP
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -96,12 +98,18 @@ class SplitFed(Algorithm):
         return stats
 
     def client_step(self, client: int, batch: Batch, opt: torch.optim.Optimizer, stats: LocalStats) -> None:
-        """Head forward, the four crossings, tail loss, head backward, one step."""
-        ctx, link, split = self.ctx, self.ctx.link, self.split
+        """Head forward, the four crossings, tail loss, head backward, one step (its memory measured)."""
+        ctx, split = self.ctx, self.split
         batch = to_device(batch, ctx.device)
         split.train()
         opt.zero_grad(set_to_none=True)
         key = shape_key(batch)
+        with ctx.memory.measure(("split-client", key), split, opt):
+            self._client_step(client, batch, opt, stats, key)
+
+    def _client_step(self, client: int, batch: Batch, opt: torch.optim.Optimizer, stats: LocalStats,
+                     key: tuple) -> None:
+        ctx, link, split = self.ctx, self.ctx.link, self.split
         (h1, mask), f_head = ctx.meter.run(("split-head-fwd", key), lambda: split.head(batch))
         if split.needs_mask:
             link.to_server(mask.to(torch.uint8), client=client, kind=MASK)
@@ -119,8 +127,9 @@ class SplitFed(Algorithm):
         if h1[:, rows].numel():
             g1 = link.from_server(client=client, kind=GRAD)
             _, f_back = ctx.meter.run(("split-head-bwd", key), lambda: h1[:, rows].backward(g1))
+        f_step = optimizer_step_flops(opt)
         opt.step()
-        stats.add(int(batch["labels"].shape[0]), float(loss.detach()), f_head + f_tail + f_back)
+        stats.add(int(batch["labels"].shape[0]), float(loss.detach()), f_head + f_tail + f_back + f_step)
 
     # -- server side --------------------------------------------------------
     def serve(self, rnd: int, live: list[int]) -> None:
@@ -158,9 +167,11 @@ class SplitFed(Algorithm):
         rows = split.head_rows()
         if h1[:, rows].numel():
             link.to_client(h1.grad[:, rows], client=client, kind=GRAD)
+        f_step = 0
         if opt is not None:
+            f_step = optimizer_step_flops(opt)
             opt.step()
-        return f_fwd + f_bwd
+        return f_fwd + f_bwd + f_step
 
     # -- checkpoint and report ----------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

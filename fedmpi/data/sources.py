@@ -71,7 +71,7 @@ def _to_split(frame, cfg, source: str) -> TextSplit:
         raise ConfigError(f"{source}: label column '{cfg.label_column}' must hold integer class indices "
                           f"(found {bad!r}); map names to indices with a labels.json") from None
     if len(labels) and (not np.isfinite(labels).all() or (labels != np.round(labels)).any()):
-        bad = next(v for v in labels if not (np.isfinite(v) and v == round(v)))
+        bad = float(next(v for v in labels if not (np.isfinite(v) and v == round(v))))
         raise ConfigError(f"{source}: label column '{cfg.label_column}' must hold integer class indices "
                           f"(found {bad!r})")
     labels = labels.astype(np.int64)
@@ -174,6 +174,14 @@ def load_dataset(cfg, seed: int) -> Dataset:
         task = _load_folder(folder, cfg) if folder is not None else _load_hub(cfg)
     task.train = _cap(task.train, cfg.max_train_samples, seed, 1)
     task.test = _cap(task.test, cfg.max_test_samples, seed, 2)
+    if cfg.validation_fraction > 0:  # held out of training; scored instead of the test split if asked
+        n = len(task.train)
+        k = min(n - 1, max(1, round(n * cfg.validation_fraction)))
+        order = np.random.default_rng([seed, 3]).permutation(n)
+        validation = task.train.subset(np.sort(order[:k]))
+        task.train = task.train.subset(np.sort(order[k:]))
+        if cfg.evaluate == "validation":
+            task.test = validation
     if len(task.train) == 0:
         raise ConfigError(f"dataset '{cfg.name}' has an empty training split")
     if len(task.test) == 0:

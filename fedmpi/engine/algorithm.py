@@ -35,6 +35,7 @@ class Algorithm:
     update_kind: ClassVar[str] = "update"  # and of each client's state coming up
     uses_client_state: ClassVar[bool] = False  # ask the engine to ship per-client state
     builds_own_method: ClassVar[bool] = False  # True: the method is not applied to the model beforehand
+    trains_with_hooks: ClassVar[bool] = True  # local training goes through ctx.train (client strategies apply)
 
     def __init__(self, ctx: "Context") -> None:
         self.ctx = ctx

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from fedmpi.data.federated import FederatedData
-from fedmpi.engine.sampling import drops_out
+from fedmpi.engine.sampling import SampleQuota, drops_out
 from fedmpi.engine.training import LocalStats, make_optimizer, train_steps
+from fedmpi.metering.client_memory import ClientMemoryMeter
 from fedmpi.metering.flops import FlopMeter
 from fedmpi.net.link import Link
 from fedmpi.runtime import Runtime
@@ -30,6 +31,9 @@ class Context:
     fresh_start: bool = True  # False when resuming: one-off set-up traffic is not charged again
     run_dir: Any = None  # the run folder (server), for plug-ins that write files
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # work buffers reused round after round
+    grad_hook: Any = None  # set by the engine while a client strategy shapes local steps
+    sampling_quota: SampleQuota | None = None  # clients every sample must hold some of (set by plug-ins)
+    memory: ClientMemoryMeter = field(default_factory=ClientMemoryMeter)  # clients' training memory
 
     # -- helpers every algorithm uses ----------------------------------------
     @property
@@ -48,7 +52,8 @@ class Context:
               stats: LocalStats | None = None, loss=None) -> LocalStats:
         """The metered local loop with the task's loss (or `loss(model, batch)`)."""
         return train_steps(model, batches, optimizer, self.meter, self.device, loss or self.task.loss,
-                           self.task.samples, tag=tag, stats=stats)
+                           self.task.samples, tag=tag, stats=stats, after_backward=self.grad_hook,
+                           memory=self.memory)
 
     def live(self, rnd: int, sampled: list[int]) -> list[int]:
         """Sampled clients that do not drop out this round (every rank can tell)."""

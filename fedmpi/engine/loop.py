@@ -22,7 +22,6 @@ class with its own `run_round` over the same hooks: see docs/architecture.md.
 """
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -30,19 +29,25 @@ from typing import Any
 
 import torch
 
-from fedmpi.engine.aggregate import Aggregator, ClientUpdate
+from fedmpi.engine.aggregate import ClientUpdate, RoundSum
 from fedmpi.engine.algorithm import Algorithm
 from fedmpi.engine.callbacks import Callback
 from fedmpi.engine.context import Context
-from fedmpi.engine.outputs import RunWriter
+from fedmpi.engine.downlink import DeltaDownlink
+from fedmpi.engine.outputs import RunWriter, read_jsonl
 from fedmpi.engine.sampling import drops_out, sample_clients
 from fedmpi.engine.training import LocalStats
+from fedmpi.engine.uplink import Uplink
 from fedmpi.metering.ledger import UP
+from fedmpi.metering.client_memory import enforce_cap, heaviest
 from fedmpi.metering.memory import peak_memory_bytes
 from fedmpi.net.flat import flatten, unflatten_into
 from fedmpi.seeding import seed_torch
 from fedmpi.state.store import ClientStateStore
-from fedmpi.strategies.base import ServerStrategy
+from fedmpi.strategies.bundle import Strategies
+
+
+NO_ARRIVALS = "no client arrived this round (all dropped out or cut by the deadline): no training loss"
 
 
 def fault_injection(rank: int, rnd: int) -> None:
@@ -54,12 +59,14 @@ def fault_injection(rank: int, rnd: int) -> None:
 
 
 class SyncEngine:
-    def __init__(self, ctx: Context, algorithm: Algorithm, strategy: ServerStrategy | None = None,
+    def __init__(self, ctx: Context, algorithm: Algorithm, strategies: Strategies | None = None,
                  callbacks: list[Callback] | None = None, writer: RunWriter | None = None,
                  store: ClientStateStore | None = None, checkpoint: dict[str, Any] | None = None) -> None:
         self.ctx = ctx
         self.algo = algorithm
-        self.strategy = strategy or ServerStrategy()
+        self.strategies = strategies or Strategies.default()
+        self.uplink = Uplink(ctx.link, algorithm.update_kind, self.strategies.aggregator, self.strategies.privacy)
+        self.downlink = DeltaDownlink(ctx.link, ctx.cfg) if ctx.cfg.transport.down_delta else None
         self.callbacks = list(callbacks or [])
         self.writer = writer  # server only
         self.store = store  # server only, when per-client state is in use
@@ -78,15 +85,19 @@ class SyncEngine:
             cb.on_setup(ctx)
         self.algo.setup()
         self.numel = sum(p.numel() for p in self.algo.params)
+        self.strategies.client.setup(self.algo.params)
         if checkpoint is not None:
             self._restore(checkpoint)
         try:
             for rnd in range(start, fed.rounds):
                 self.run_round(rnd)
             peaks = link.gather(peak_memory_bytes(ctx.device))
+            needs = link.gather(ctx.memory.heaviest)
             if not ctx.rt.is_server:
                 return None
             summary = self._summary(time.perf_counter() - wall0, peaks, checkpoint)
+            need = heaviest(needs)  # the heaviest client step measured (metering/client_memory.py)
+            summary["client_memory"] = need.as_dict() if need is not None else None
             for cb in self.callbacks:
                 cb.on_end(summary)
             self.writer.summary(summary)
@@ -102,7 +113,9 @@ class SyncEngine:
         state = ck["state"]
         unflatten_into(state["trainable"].to(self.ctx.device), self.algo.params)
         self.algo.load_state_dict(state)
-        self.strategy.load_state_dict(ck.get("strategy", {}))
+        self.strategies.load_state_dict(ck.get("strategies", {}))
+        if self.downlink is not None:
+            self.downlink.load_state_dict(ck.get("downlink", {}), self.ctx.device)
         if self.store is not None:
             self.store.load_state_dict(ck.get("clients", {}))
         self.wall_before = float(ck.get("wall_seconds", 0.0))
@@ -112,66 +125,109 @@ class SyncEngine:
         ck: dict[str, Any] = {"round": rnd,
                               "state": {"trainable": flatten(self.algo.params).cpu(), **self.algo.state_dict()},
                               "wall_seconds": self.wall_before + time.perf_counter() - self._wall0}
-        strategy = self.strategy.state_dict()
-        if strategy:
-            ck["strategy"] = strategy
+        strategies = self.strategies.state_dict()
+        if strategies:
+            ck["strategies"] = strategies
         if self.store is not None:
             ck["clients"] = self.store.state_dict()
+        if self.downlink is not None:
+            ck["downlink"] = self.downlink.state_dict()
         return ck
 
     # -- one round --------------------------------------------------------------
     def run_round(self, rnd: int) -> None:
-        ctx, link, cfg, algo = self.ctx, self.ctx.link, self.ctx.cfg, self.algo
+        ctx, link, cfg, algo, cs = self.ctx, self.ctx.link, self.ctx.cfg, self.algo, self.strategies.client
         fed = cfg.federation
         link.begin_round(rnd)
         fault_injection(ctx.rt.rank, rnd)
         t0 = time.perf_counter()
-        sampled = sample_clients(fed.num_clients, fed.clients_per_round, cfg.seed, rnd, fed.over_selection)
+        sampled = sample_clients(fed.num_clients, fed.clients_per_round, cfg.seed, rnd, fed.over_selection,
+                                 fed.sampling, ctx.sampling_quota)
         for cb in self.callbacks:
             cb.on_round_start(rnd, sampled)
         algo.before_round(rnd, sampled)
-        glob = self._download(sampled)
-        agg = Aggregator(link, fed, ctx.buffers, sampled, self.numel, kind=algo.update_kind)
+        glob, extra_down = self._download(sampled)
+        agg = self.uplink.aggregator_for(fed, ctx.buffers, sampled, self.numel, cs.extra_kind)
+        ctx.grad_hook = self._grad_hook if cs.name != "none" else None
         for c in ctx.rt.clients_here(sampled):
             if drops_out(cfg.seed, rnd, c, fed.dropout):
                 agg.add(ClientUpdate(c, None))
                 continue
             unflatten_into(glob, algo.params)
             seed_torch(cfg.seed, rnd, c)  # dropout masks and any local randomness: per client, not per rank
-            agg.add(self._update(c, algo.train_client(c, rnd), glob))
+            state = ctx.state.of(c) if ctx.state.enabled else None
+            cs.begin(algo.params, glob, state, extra_down)
+            stats = algo.train_client(c, rnd)
+            agg.add(self._update(c, rnd, stats, glob, cs.end(algo.params, state), state))
+        ctx.grad_hook = None
         if ctx.rt.is_server:
             algo.serve(rnd, ctx.live(rnd, sampled))
-        mean, stats = agg.finish()
-        if ctx.rt.is_server and mean is not None:
-            self.strategy.apply(algo.params, mean, rnd)
-        self._return_state(sampled)
+        result = agg.finish()
+        enforce_cap(link, ctx.memory, cfg.compute.client_memory_mb)
+        if ctx.rt.is_server:
+            self._apply(rnd, result)
+        self._return_state(sampled, result)
         algo.after_round(rnd, sampled)
         if ctx.rt.is_server:
-            self._close_round(rnd, sampled, stats, t0)
+            self._close_round(rnd, sampled, result.stats, t0)
 
-    def _download(self, sampled: list[int]) -> torch.Tensor:
-        """The global state to every sampled client, as they decode it; their state to their ranks."""
-        ctx, params = self.ctx, self.algo.params
+    def _grad_hook(self) -> int:
+        """Between a local step's backward and its update: the client strategy's correction
+        (FedProx's proximal gradient, SCAFFOLD's variates); returns the FLOPs it spent."""
+        self.strategies.client.after_backward(self.algo.params)
+        return self.strategies.client.flops_per_step(self.numel)
+
+    def _apply(self, rnd: int, result: RoundSum) -> None:
+        """Server: the new global state through the server strategy, then the client strategy's."""
+        params = self.algo.params
+        new = self.uplink.new_global(params, result, rnd)
+        if new is not None:
+            self.strategies.server.apply(params, new, rnd)
+        self.strategies.client.absorb(result.extra, len(result.arrived))
+
+    def _download(self, sampled: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The global state to every sampled client, as they decode it (and a client strategy's
+        extra payload, and DP's current clipping bound when it adapts); their state to their ranks."""
+        ctx, params, link = self.ctx, self.algo.params, self.ctx.link
         flat = flatten(params) if ctx.rt.is_server else torch.empty(
             self.numel, dtype=params[0].dtype, device=ctx.device)
-        glob = ctx.link.broadcast(flat, kind=self.algo.model_kind, clients=sampled)
+        if self.downlink is not None:
+            glob = self.downlink.send(flat, self.algo.model_kind, self.ctx.link.round, sampled)
+        else:
+            glob = link.broadcast(flat, kind=self.algo.model_kind, clients=sampled)
+        extra = None
+        cs = self.strategies.client
+        if cs.extra_kind is not None:
+            payload = cs.extra_download() if ctx.rt.is_server else torch.empty(
+                self.numel, dtype=torch.float32, device=ctx.device)
+            extra = link.broadcast(payload.clone() if ctx.rt.is_server else payload, kind=cs.extra_kind,
+                                   clients=sampled)
+        dp = self.strategies.dp
+        if dp is not None and dp.adaptive is not None:  # clients clip to this round's C
+            bound = torch.tensor([dp.clip if ctx.rt.is_server else 0.0], dtype=torch.float64, device=ctx.device)
+            dp.adaptive.clip = float(link.broadcast(bound, kind="stats", clients=sampled)[0])
         if ctx.state.enabled:
             self._send_state(sampled)
-        return glob
+        return glob, extra
 
-    def _update(self, client: int, stats: LocalStats, glob: torch.Tensor) -> ClientUpdate:
-        """A client's upload as the server decodes it, weighted by its dataset size,
-        with its emulated time so far plus the upload's."""
+    def _update(self, client: int, rnd: int, stats: LocalStats, glob: torch.Tensor, extra: torch.Tensor | None,
+                state: dict | None) -> ClientUpdate:
+        """A client's upload as the server decodes it, weighted by its dataset size (1 under DP),
+        with its emulated time so far plus the uploads'."""
         ctx, link = self.ctx, self.ctx.link
-        weight = ctx.data.client_size(client)
+        size = ctx.data.client_size(client)
         link.charge_compute(client, stats.flops)
-        state = ctx.state.of(client) if ctx.state.enabled else None
-        sent = link.encode(UP, self.algo.update_kind, flatten(self.algo.params), client, reference=glob,
-                           state=state)
+        sent = self.uplink.send(client, rnd, flatten(self.algo.params), glob, state)
         seconds = link.elapsed(client) + link.seconds(client, UP, sent.nbytes)
-        return ClientUpdate(client, sent.received, num_samples=weight,
-                            loss_sum=stats.loss_sum / max(1, stats.num_samples) * weight, flops=stats.flops,
-                            seconds=seconds, up_bytes=sent.nbytes)
+        extra_bytes = 0
+        if extra is not None:
+            up = link.encode(UP, self.strategies.client.extra_kind, extra, client, state=state)
+            extra, extra_bytes = up.received, up.nbytes
+            seconds += link.seconds(client, UP, extra_bytes)
+        return ClientUpdate(client, sent.value, num_samples=1 if self.uplink.privacy else size,
+                            loss_sum=stats.loss_sum / max(1, stats.num_samples) * size, flops=stats.flops,
+                            seconds=seconds, up_bytes=sent.nbytes, extra=extra, extra_bytes=extra_bytes,
+                            bit=sent.bit)
 
     # -- per-client state: to the hosting rank and back (control plane, uncharged) --
     def _send_state(self, sampled: list[int]) -> None:
@@ -184,14 +240,17 @@ class SyncEngine:
             for c in ctx.rt.clients_here(sampled):
                 ctx.state.load(c, link.recv_object(0))
 
-    def _return_state(self, sampled: list[int]) -> None:
+    def _return_state(self, sampled: list[int], result: RoundSum | None) -> None:
+        """Back to the server's store; a client whose update did not count (dropped, cut at
+        the deadline or by over-selection) keeps its old state, as if it never ran."""
         ctx, link = self.ctx, self.ctx.link
         if not ctx.state.enabled:
             return
         if ctx.rt.is_server:
+            arrived = set(result.arrived)
             for c in sampled:
                 state = link.recv_object(ctx.rt.rank_of_client(c))
-                if state:
+                if state and c in arrived:
                     self.store.put(c, state)
         else:
             for c in ctx.rt.clients_here(sampled):
@@ -218,10 +277,15 @@ class SyncEngine:
         if stragglers:  # the server waited until the deadline
             totals.emulated_seconds = max(totals.emulated_seconds, fed.deadline_s)
         weight = sum(s["num_samples"] for c, s in stats.items() if c not in dropped)
-        loss = sum(s["loss_sum"] for c, s in stats.items() if c not in dropped) / weight if weight else math.nan
+        loss = sum(s["loss_sum"] for c, s in stats.items() if c not in dropped) / weight if weight else None
         row: dict[str, Any] = {"round": rnd, self.ctx.task.score: None, "loss": loss}
+        if loss is None:  # no NaN in metrics.jsonl: null, and why
+            row["loss_note"] = NO_ARRIVALS
         if self.due(rnd):
             row.update(self.evaluate())
+            dp = self.strategies.dp
+            if dp is not None:
+                row["epsilon"] = self.epsilon(rnd + 1)
         row.update({
             "bytes_up": totals.bytes_up, "bytes_down": totals.bytes_down,
             "transport_bytes": totals.transport_bytes, "emulated_seconds": totals.emulated_seconds,
@@ -233,6 +297,29 @@ class SyncEngine:
             cb.on_round_end(rnd, row)
         if self.store is not None and self.ctx.cfg.output.checkpoint:
             self.store.committed()
+
+    def _compression(self) -> dict[str, Any] | None:
+        """Codecs and bytes vs their fp32 size per direction, from the ledger (None: all fp32)."""
+        transport = self.ctx.link.transport
+        codecs = transport.describe()
+        if set(codecs.values()) == {"fp32"} and not self.ctx.cfg.transport.down_delta:
+            return None
+        sent = {"up": 0, "down": 0}
+        raw = {"up": 0, "down": 0}
+        for row in read_jsonl(self.writer.dir / "ledger.jsonl"):
+            if row["direction"] in sent:
+                sent[row["direction"]] += row["bytes"]
+                raw[row["direction"]] += row.get("raw_bytes", row["bytes"])
+        out: dict[str, Any] = {"codecs": codecs}
+        for d in ("up", "down"):
+            out[f"bytes_{d}"], out[f"fp32_bytes_{d}"] = sent[d], raw[d]
+            out[f"ratio_{d}"] = raw[d] / sent[d] if sent[d] else None
+        return out
+
+    def epsilon(self, rounds: int) -> float:
+        """DP spent after `rounds` rounds, at strategy.privacy.delta (an established accountant)."""
+        fed = self.ctx.cfg.federation
+        return self.strategies.dp.spent(rounds, fed.clients_per_round, fed.num_clients, fed.sampling)
 
     def _summary(self, wall: float, peaks: list[int], ck: dict | None) -> dict[str, Any]:
         cfg, score = self.ctx.cfg, self.ctx.task.score
@@ -246,6 +333,8 @@ class SyncEngine:
             f"best_{score}": (max if self.ctx.task.higher_is_better else min)(
                 (r[score] for r in evaluated), default=None),
             "final_loss": rows[-1]["loss"] if rows else None,
+            **({"final_loss_note": rows[-1].get("loss_note", "no loss")}
+               if rows and rows[-1]["loss"] is None else {}),
             "total_bytes_up": sum(r["bytes_up"] for r in rows),
             "total_bytes_down": sum(r["bytes_down"] for r in rows),
             "total_transport_bytes": sum(r["transport_bytes"] for r in rows),
@@ -256,6 +345,16 @@ class SyncEngine:
             "world_size": self.ctx.rt.world_size, "num_clients": cfg.federation.num_clients,
             "peak_memory_bytes": peaks, "resumed": ck is not None,
         }
+        if self.strategies.dp is not None:
+            dp = self.strategies.dp
+            summary["epsilon"] = self.epsilon(len(rows))
+            summary["privacy"] = {"delta": dp.options.delta, "noise_multiplier": dp.options.noise_multiplier,
+                                  "clip": dp.clip, "noise": dp.options.noise,
+                                  "sampling": self.ctx.cfg.federation.sampling,
+                                  "accountant": "dp-accounting RDP"}
+        compression = self._compression()
+        if compression:
+            summary["compression"] = compression
         if self.store is not None:
             summary["client_state"] = {"clients": len(self.store), "digest": self.store.digest(),
                                        "spills": self.store.spills}

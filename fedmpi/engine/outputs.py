@@ -10,6 +10,7 @@ import torch
 
 from fedmpi.atomic import atomic_torch_save, atomic_write_bytes
 from fedmpi.config import ExperimentConfig, dump_config
+from fedmpi.jsonsafe import dumps
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -18,8 +19,14 @@ def _truncate_jsonl(path: Path, last_round: int) -> None:
     """Keep rows of rounds <= last_round (a resumed run rewrites the rest)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["round"] <= last_round]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # blank, or a row cut short when the job was killed mid-write
+        if row["round"] <= last_round:
+            keep.append(line)
     atomic_write_bytes(path, ("".join(line + "\n" for line in keep)).encode())
 
 
@@ -39,11 +46,11 @@ class RunWriter:
         self._metrics = self.metrics_path.open("a")
 
     def metrics(self, row: dict[str, Any]) -> None:
-        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.write(dumps(row) + "\n")
         self._metrics.flush()
 
     def summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_bytes(self.dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        atomic_write_bytes(self.dir / "summary.json", (dumps(summary, indent=2) + "\n").encode())
 
     def checkpoint(self, state: dict[str, Any]) -> None:
         atomic_torch_save(state, self.dir / CHECKPOINT)
@@ -62,6 +69,10 @@ def load_checkpoint(cfg: ExperimentConfig) -> dict[str, Any] | None:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")

@@ -1,7 +1,8 @@
 """Local work shared by algorithms: the optimizer and a metered training loop.
 
 The loss and the sample count of a batch are the task's; the FLOPs of every
-forward + backward are the meter's (one count per batch shape, cached).
+forward + backward are the meter's (one count per batch shape, cached), and
+those of every optimizer step the formula's (metering/formulas.py).
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import torch
 from torch import nn
 
 from fedmpi.data.federated import to_device
+from fedmpi.metering.client_memory import ClientMemoryMeter
 from fedmpi.metering.flops import FlopMeter, shape_key
+from fedmpi.metering.formulas import optimizer_step_flops
 
 __all__ = ["Batch", "LocalStats", "make_optimizer", "to_device", "train_steps"]
 
@@ -42,8 +45,14 @@ class LocalStats:
 
 def train_steps(model: nn.Module, batches: Iterable[Batch], optimizer: torch.optim.Optimizer,
                 meter: FlopMeter, device: torch.device, loss_fn: LossFn, samples: Callable[[Batch], int],
-                tag: str = "train", stats: LocalStats | None = None) -> LocalStats:
-    """Forward, backward and step on each batch; FLOPs of fwd+bwd are metered."""
+                tag: str = "train", stats: LocalStats | None = None,
+                after_backward: Callable[[], int] | None = None,
+                memory: ClientMemoryMeter | None = None) -> LocalStats:
+    """Forward, backward and step on each batch; FLOPs of fwd+bwd are metered, the step's
+    counted, and the step's memory measured (once per batch shape). `after_backward`
+    (a client strategy's gradient hook) runs between backward and the step and returns
+    the FLOPs it spent."""
+    memory = memory or ClientMemoryMeter(enabled=False)
     model.train()
     stats = stats or LocalStats()
     for batch in batches:
@@ -55,7 +64,12 @@ def train_steps(model: nn.Module, batches: Iterable[Batch], optimizer: torch.opt
             loss.backward()
             return loss
 
-        loss, flops = meter.run((tag, id(model), shape_key(batch)), step)
-        optimizer.step()
+        key = (tag, id(model), shape_key(batch))
+        with memory.measure(key, model, optimizer):
+            loss, flops = meter.run(key, step)
+            if after_backward is not None:
+                flops += after_backward()
+            flops += optimizer_step_flops(optimizer) if meter.enabled else 0
+            optimizer.step()
         stats.add(samples(batch), float(loss.detach()), flops)
     return stats

@@ -1,5 +1,10 @@
 """FLOP meter: counts local forward/backward work with torch.utils.flop_counter.
 
+torch counts matrix products only; the formulas of metering/formulas.py add
+every other op a transformer dispatches (LayerNorm, GELU, softmax, dropout,
+residual adds, the embeddings' backward), and `optimizer_step_flops` the
+optimizer step, which runs outside the counted step.
+
 Counting through a dispatch mode costs time, so each distinct (tag, input
 shapes) is counted once, on the real step, and cached. The counted step runs
 the very same kernels as an uncounted one, so metering never changes results.
@@ -12,28 +17,7 @@ from typing import Callable, Hashable, Iterator
 import torch
 from torch.utils import flop_counter as fc
 
-_aten = torch.ops.aten
-
-
-def _register_cpu_attention() -> None:
-    """PyTorch counts the CUDA fused attention kernels but not the CPU one, so
-    eval-mode BERT on CPU would report no attention FLOPs. Give the CPU flash
-    kernel the same formula as its CUDA twins."""
-    fwd = _aten._scaled_dot_product_flash_attention_for_cpu
-    bwd = _aten._scaled_dot_product_flash_attention_for_cpu_backward
-    if fwd in fc.flop_registry or fwd.default in fc.flop_registry:
-        return
-
-    @fc.register_flop_formula(fwd)
-    def _fwd(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-        return fc.sdpa_flop_count(query_shape, key_shape, value_shape)
-
-    @fc.register_flop_formula(bwd)
-    def _bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-        return fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
-
-
-_register_cpu_attention()
+from fedmpi.metering.formulas import FORMULAS
 
 
 def shape_key(*tensors: object) -> tuple:
@@ -65,7 +49,7 @@ class FlopMeter:
             return fn(), 0
         if key in self._cache:
             return fn(), self._cache[key]
-        counter = fc.FlopCounterMode(display=False)
+        counter = fc.FlopCounterMode(display=False, custom_mapping=FORMULAS)
         with counter:
             result = fn()
         flops = int(counter.get_total_flops())

@@ -6,10 +6,11 @@ what the cluster's collectives really moved is tallied separately.
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from fedmpi.jsonsafe import dumps
 
 UP, DOWN, LOCAL, SERVER = "up", "down", "local", "server"
 
@@ -23,6 +24,13 @@ class LedgerRow:
     bytes: int = 0
     flops: int = 0
     seconds: float = 0.0
+    raw_bytes: int | None = None  # the message before its codec (fp32 size), when the codec changed it
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        if out["raw_bytes"] is None:  # rows of uncompressed messages keep their old shape
+            del out["raw_bytes"]
+        return out
 
 
 @dataclass
@@ -49,8 +57,9 @@ class Ledger:
         self._rows.append(row)
 
     def add(self, round: int, client: int, direction: str, kind: str, *, bytes: int = 0,
-            flops: int = 0, seconds: float = 0.0) -> LedgerRow:
-        row = LedgerRow(round, client, direction, kind, int(bytes), int(flops), float(seconds))
+            flops: int = 0, seconds: float = 0.0, raw_bytes: int | None = None) -> LedgerRow:
+        raw = None if raw_bytes is None or int(raw_bytes) == int(bytes) else int(raw_bytes)
+        row = LedgerRow(round, client, direction, kind, int(bytes), int(flops), float(seconds), raw)
         self.record(row)
         return row
 
@@ -91,7 +100,7 @@ class Ledger:
         totals.bytes_by_kind = dict(kinds)
         if self._fh is not None:
             for row in self._rows:
-                self._fh.write(json.dumps(asdict(row)) + "\n")
+                self._fh.write(dumps(row.to_json()) + "\n")
             self._fh.flush()
         self.totals.append(totals)
         self._rows.clear()

@@ -70,11 +70,12 @@ def build_model(cfg, num_labels: int, seed: int) -> nn.Module:
 
     hf_logging.set_verbosity_error()  # one load report per rank drowns the run's output
     hf_logging.disable_progress_bar()
+    from fedmpi.models.prompting import apply_pooling
     from fedmpi.models.vision import build_vision, vision_kind
 
     torch.manual_seed(seed)
     if vision_kind(cfg):
-        return build_vision(cfg, num_labels)
+        return apply_pooling(build_vision(cfg, num_labels), cfg.pooling)
     if cfg.name == TINY:
         model = AutoModelForSequenceClassification.from_config(tiny_config(cfg, num_labels),
                                                                attn_implementation="sdpa")
@@ -85,7 +86,7 @@ def build_model(cfg, num_labels: int, seed: int) -> nn.Module:
                 path, num_labels=num_labels, attn_implementation="sdpa")
         except (OSError, ValueError) as exc:
             raise _hub_hint(path, exc) from None
-    return model
+    return apply_pooling(model, cfg.pooling)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -16,8 +16,10 @@ from torch import nn
 
 from fedmpi.errors import ConfigError
 from fedmpi.metering.flops import svd_flops
+from fedmpi.models.llm import LLAMA_NAMES, is_causal_lm
 from fedmpi.models.methods import Method, MethodOptions
-from fedmpi.models.sync import mark_synced
+from fedmpi.models.prompting import insert_text_prompt, mark_vision_prompt, text_encoder
+from fedmpi.models.sync import mark_client_work, mark_synced
 from fedmpi.options import in_range, option, positive
 
 HEAD_NAMES = ("classifier", "score")  # sequence-classification heads of BERT/ViT/CLIP-with-head
@@ -62,10 +64,13 @@ def _targets(model: nn.Module, cfg: Any) -> list[str]:
 
 
 def _lora(model: nn.Module, cfg: Any, init: bool | str) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, TaskType, get_peft_model
 
+    # A causal LM gets peft's CAUSAL_LM wrapper (generate() for the generations plug-in);
+    # its tied LM head is never a head to save: it is the vocabulary embedding.
     lcfg = LoraConfig(r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=_targets(model, cfg), init_lora_weights=init,
+                      task_type=TaskType.CAUSAL_LM if is_causal_lm(model) else None,
                       modules_to_save=[n for n, _ in model.named_children() if n in HEAD_NAMES] or None)
     peft_model = get_peft_model(model, lcfg)
     if not cfg.train_head:
@@ -107,14 +112,27 @@ class LoRA(Method):
 class FederaOptions(LoraOptions):
     name: str = option("federa")
     pissa_niter: int | None = option(None, check=positive, help="fast randomised SVD iterations")
+    federa_init: str = option(
+        "client_svd", choices=("client_svd", "server_residual"),
+        help="client_svd: every client derives the frozen residual from the pre-trained weight it "
+             "holds (its SVD FLOPs charged once, kind init); server_residual: the server ships it "
+             "(one 4-byte value per target weight element per client, kind init)")
 
 
 class FeDeRA(Method):
     """FeDeRA: LoRA initialised from the SVD of the pre-trained weights (peft's
     PiSSA), base weights replaced by the residual so round-0 outputs are unchanged.
 
-    The residual is a frozen tensor that differs from the checkpoint on disk, so it
-    is marked for the one-off server->clients sync (ledger kind `init`)."""
+    Every client already holds the pre-trained weight, so by default
+    (`federa_init: client_svd`) each one computes the residual W - U_r S_r V_r^T
+    itself, paying its SVD once (kind `init`, on its own device). Only that
+    residual is used locally: it does not depend on the signs of the singular
+    vectors (u_i s_i v_i^T is the same for -u_i, -v_i), which can differ between
+    machines and libraries; A and B, which do, come from the server with the
+    rest of the trainable state in the round-0 download (no extra bytes). The
+    randomised variant (`pissa_niter`) draws its sketch from the seeded RNG, so
+    every client computes the same one. `server_residual` ships the server's
+    residual instead (the one-off sync, kind `init`, 4 bytes per element)."""
     name = "federa"
     Options = FederaOptions
 
@@ -126,7 +144,10 @@ class FeDeRA(Method):
         residual = [n for n in params if n.endswith("base_layer.weight")]
         # one SVD per target weight; peft's randomised variant keeps rank r
         flops = sum(svd_flops(*params[n].shape, rank=cfg.r, niter=cfg.pissa_niter) for n in residual)
-        return mark_synced(peft_model, residual, flops)
+        if cfg.federa_init == "server_residual":
+            return mark_synced(peft_model, residual, flops)
+        # the server still derives A, B (and its own residual); each client its residual
+        return mark_client_work(mark_synced(peft_model, [], flops), flops)
 
 
 @dataclass
@@ -145,15 +166,25 @@ class PromptTuning(Method):
 
 
 def prompt(model: nn.Module, cfg: Any) -> nn.Module:
-    """FedPrompt: `num_virtual_tokens` soft prompt embeddings at the input (peft
-    prompt tuning); the head travels too unless method.train_head=false."""
+    """FedPrompt: `num_virtual_tokens` soft prompt embeddings at the input; the head
+    travels too unless method.train_head=false. Encoders with a class token (BERT,
+    ViT, CLIP) get them after it (models/prompting.py: the classifier reads the
+    class token, not a prompt); other models peft's prompt tuning."""
     from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
     if _patch_embeddings(model) is not None:
         return visual_prompt(model, cfg)
+    if text_encoder(model) is not None:
+        freeze(model)
+        insert_text_prompt(model, cfg.num_virtual_tokens).tokens.requires_grad_(True)
+        if cfg.train_head:
+            train_head(model)
+        return model
     # Prompts start as embeddings of random vocabulary tokens: peft's default
     # N(0, 1) init is ~20x the scale of BERT word embeddings and stalls training.
-    pcfg = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=cfg.num_virtual_tokens,
+    # A causal LM's prompt is prepended to its input (and -100 to its labels) by CAUSAL_LM.
+    task_type = TaskType.CAUSAL_LM if is_causal_lm(model) else TaskType.SEQ_CLS
+    pcfg = PromptTuningConfig(task_type=task_type, num_virtual_tokens=cfg.num_virtual_tokens,
                               prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
     peft_model = get_peft_model(model, pcfg)
     if not cfg.train_head:
@@ -189,6 +220,7 @@ def visual_prompt(model: nn.Module, cfg: Any) -> nn.Module:
         else model.config.hidden_size
     model.visual_prompt = VisualPrompt(cfg.num_virtual_tokens, hidden)
     embeddings.register_forward_hook(model.visual_prompt.insert)
+    mark_vision_prompt(model, cfg.num_virtual_tokens)  # no pooling reads the prompt rows (CLIP's mean did)
     if cfg.train_head:
         train_head(model)
     return model
@@ -269,12 +301,20 @@ class BitFit(Method):
     Options = BitFitOptions
 
     @classmethod
+    def check(cls, cfg: Any) -> None:
+        if cfg.task == "causal_lm" and cfg.model.name in LLAMA_NAMES:
+            raise ConfigError(f"method bitfit trains bias terms; {cfg.model.name} is a Llama, which has none "
+                              "(BitFit would train nothing): use lora, federa, prompt or full")
+
+    @classmethod
     def apply(cls, model: nn.Module, cfg: Any) -> nn.Module:
         freeze(model)
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.requires_grad_(True)
-        if cfg.train_head:
+        biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
+        if not biases:
+            raise ConfigError(f"method bitfit: {type(model).__name__} has no bias terms, BitFit would train nothing")
+        for p in biases:
+            p.requires_grad_(True)
+        if cfg.train_head and not is_causal_lm(model):  # a causal LM's head is its tied vocabulary embedding
             train_head(model)
         return model
 
@@ -288,6 +328,13 @@ class Head(Method):
     """Linear probing: the classifier head only."""
     name = "head"
     Options = HeadOptions
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        if cfg.task == "causal_lm":
+            raise ConfigError("method head trains a small classifier head; a causal LM's head is its tied vocabulary "
+                              "embedding (SmolLM2: 49152 x 576 = 28.3M parameters, a fifth of the model), not a "
+                              "small head: use lora, federa or prompt")
 
     @classmethod
     def apply(cls, model: nn.Module, cfg: Any) -> nn.Module:

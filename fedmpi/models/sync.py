@@ -14,6 +14,7 @@ from torch import nn
 
 SYNC_ATTR = "_fedmpi_synced"
 FLOPS_ATTR = "_fedmpi_sync_flops"
+CLIENT_FLOPS_ATTR = "_fedmpi_client_init_flops"
 INIT_KIND = "init"
 
 
@@ -22,6 +23,13 @@ def mark_synced(model: nn.Module, names: list[str], flops: int = 0) -> nn.Module
     and the FLOPs the server spent deriving them (charged once, kind init)."""
     setattr(model, SYNC_ATTR, list(getattr(model, SYNC_ATTR, [])) + list(names))
     setattr(model, FLOPS_ATTR, getattr(model, FLOPS_ATTR, 0) + int(flops))
+    return model
+
+
+def mark_client_work(model: nn.Module, flops: int) -> nn.Module:
+    """Declare one-off work every client does itself before round 0 (e.g. FeDeRA's
+    SVD when each client derives the residual): charged once per client, kind init."""
+    setattr(model, CLIENT_FLOPS_ATTR, getattr(model, CLIENT_FLOPS_ATTR, 0) + int(flops))
     return model
 
 

@@ -13,7 +13,7 @@ always go as they are.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -33,6 +33,7 @@ class CodecKey:
 class Transmitted:
     received: torch.Tensor  # what the receiver decodes
     nbytes: int  # what crossed the emulated link
+    raw_bytes: int = 0  # the message as it was (numel x element size), for compression ratios
 
 
 @dataclass
@@ -90,15 +91,25 @@ class Identity(Codec):
 
 @dataclass
 class Transport:
-    """The codec of each direction (issue: per message kind can refine this)."""
+    """The codec of each direction, and of any message kind configured apart."""
     up: Codec
     down: Codec
+    kinds: dict[str, Codec] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Transport":
         from fedmpi.registry import CODECS
 
-        return cls(CODECS.get(cfg.up.name)(cfg.up), CODECS.get(cfg.down.name)(cfg.down))
+        make = lambda o: CODECS.get(o.name)(o)  # noqa: E731
+        return cls(make(cfg.up), make(cfg.down), {k: make(o) for k, o in cfg.kinds.items()})
 
     def codec(self, direction: str, kind: str) -> Codec:
+        if kind in self.kinds:
+            return self.kinds[kind]
         return self.up if direction == "up" else self.down
+
+    def describe(self) -> dict[str, str]:
+        """direction/kind -> codec name, for summaries."""
+        out = {"up": self.up.name, "down": self.down.name}
+        out.update({f"kind:{k}": c.name for k, c in self.kinds.items()})
+        return out

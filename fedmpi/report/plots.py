@@ -87,6 +87,39 @@ def accuracy_vs(runs: list[Run], x_of: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+def accuracy_bands(groups, x_of: str, path: Path) -> Path:
+    """Mean accuracy over seeds against cumulative bytes or emulated time (log x), the
+    band spanning the seeds' min and max at each evaluated round."""
+    import numpy as np
+
+    fig, ax = _figure()
+    plotted = 0
+    for g in groups:
+        curves = [_accuracy_curve(r, x_of) for r in g.runs]
+        curves = [c for c in curves if c[0]]
+        if not curves:
+            continue
+        k = min(len(c[0]) for c in curves)
+        xs = np.mean([c[0][:k] for c in curves], axis=0)
+        ys = np.array([c[1][:k] for c in curves])
+        scale = 1e6 if x_of == "bytes" else 1.0
+        line, = ax.plot(xs / scale, ys.mean(0), marker="o", markersize=3, label=f"{g.label} (n={len(curves)})")
+        if len(curves) > 1:
+            ax.fill_between(xs / scale, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, linewidth=0)
+        plotted += 1
+    ax.set_xlabel("cumulative traffic, up + down (MB), log scale" if x_of == "bytes"
+                  else "cumulative emulated time (s), log scale")
+    ax.set_ylabel("test accuracy (mean over seeds; band: min–max)")
+    ax.set_title("Accuracy vs communication" if x_of == "bytes" else "Accuracy vs emulated time")
+    if plotted:
+        ax.set_xscale("log")
+        ax.legend(fontsize="x-small")
+    else:
+        _empty(ax, "no evaluated rounds")
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
 def _bytes_by_kind(run: Run) -> dict[int, dict[str, int]]:
     per_round: dict[int, dict[str, int]] = {}
     for m in run.metrics:
@@ -169,6 +202,83 @@ def client_bytes(run: Run, path: Path) -> Path:
     return _save(fig, path)
 
 
+def round_timeline(run: Run, rnd: int) -> tuple[dict[int, list[tuple[str, float, float]]], float, int | None]:
+    """Per client of round `rnd`: (phase, start, duration) on the emulated clock, in the
+    engine's order — downloads, then compute and split-learning messages as they came,
+    then the upload — the server's own work after the slowest client; and who that was."""
+    rows = [r for r in run.ledger if int(r.get("round", -1)) == rnd]
+    bars: dict[int, list[tuple[str, float, float]]] = defaultdict(list)
+    clock: dict[int, float] = defaultdict(float)
+    server = 0.0
+    ups = {int(r["client"]) for r in rows if r.get("direction") == "up" and r.get("kind") in ("update", "control")}
+    for r in rows:
+        c, d, secs = int(r.get("client", -1)), r.get("direction"), float(r.get("seconds") or 0.0)
+        if d == "server":
+            server += secs
+            continue
+        if d == "up" and r.get("kind") in ("update", "control"):
+            phase = "upload"
+        elif d == "down" and r.get("kind") in ("model", "control", "init", "stats"):
+            phase = "download"
+        elif d == "local":
+            phase = "compute"
+        else:
+            phase = "messages"  # split learning's activations and gradients, stats
+        bars[c].append((phase, 0.0, secs))
+    for c, segments in bars.items():  # downloads first, uploads last, the rest in between
+        order = {"download": 0, "compute": 1, "messages": 1, "upload": 2}
+        t, placed = 0.0, []
+        for phase, _, secs in sorted(segments, key=lambda s: order[s[0]]):
+            placed.append((phase, t, secs))
+            t += secs
+        bars[c], clock[c] = placed, t
+    took_part = [c for c in bars if c in ups] or list(bars)
+    slowest = max(took_part, key=lambda c: clock[c]) if took_part else None
+    end = clock[slowest] if slowest is not None else 0.0
+    if server:
+        bars[-1] = [("server", end, server)]
+    return dict(bars), end + server, slowest
+
+
+PHASE_COLORS = {"download": "#4C72B0", "compute": "#55A868", "messages": "#DD8452", "upload": "#8172B3",
+                "server": "#937860"}
+
+
+def slowest_round(run: Run) -> int | None:
+    rounds = [m for m in run.metrics if m.get("emulated_seconds") is not None]
+    return int(max(rounds, key=lambda m: m["emulated_seconds"])["round"]) if rounds else None
+
+
+def timeline(run: Run, path: Path, rnd: int | None = None) -> Path:
+    """Gantt chart of one round on the emulated clock, the critical path outlined."""
+    rnd = slowest_round(run) if rnd is None else rnd
+    fig, ax = _figure(width=8.0, height=4.5)
+    if rnd is None or not run.ledger:
+        _empty(ax, "no ledger rows")
+        return _save(fig, path)
+    bars, total, slowest = round_timeline(run, rnd)
+    clients = sorted(c for c in bars if c >= 0) + ([-1] if -1 in bars else [])
+    for y, c in enumerate(clients):
+        for phase, start, secs in bars[c]:
+            critical = c == slowest or c == -1
+            ax.barh(y, secs, left=start, color=PHASE_COLORS[phase], edgecolor="black" if critical else "none",
+                    linewidth=1.2 if critical else 0)
+    ax.set_yticks(range(len(clients)))
+    ax.set_yticklabels(["server" if c == -1 else f"client {c}" + (" (critical)" if c == slowest else "")
+                        for c in clients], fontsize="small")
+    ax.invert_yaxis()
+    ax.axvline(total, color="black", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("emulated seconds into the round")
+    ax.set_title(f"Round {rnd} timeline — {run.name} ({total:.2f} s)")
+    from matplotlib.patches import Patch
+
+    used = {p for c in clients for p, _, _ in bars[c]}
+    ax.legend(handles=[Patch(color=PHASE_COLORS[p], label=p) for p in PHASE_COLORS if p in used],
+              fontsize="small", loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
 def file_stems(runs: list[Run]) -> list[str]:
     """A distinct, file-safe stem per run (two folders may share a run name)."""
     stems: list[str] = []
@@ -189,4 +299,5 @@ def write_all(runs: list[Run], out: Path) -> list[Path]:
     for run, stem in zip(runs, file_stems(runs)):
         files.append(bytes_by_kind(run, out / f"bytes_by_kind_{stem}.png", colors))
         files.append(client_bytes(run, out / f"client_bytes_{stem}.png"))
+        files.append(timeline(run, out / f"timeline_{stem}.png"))
     return files

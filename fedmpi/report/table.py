@@ -41,6 +41,11 @@ COLUMNS = [
     Column("emulated_seconds", "emulated time (s)", lambda r: float(r.total("emulated_seconds", "emulated_seconds")),
            _decimals(2)),
     Column("wall_seconds", "wall time (s)", lambda r: float(r.total("wall_seconds", "wall_seconds")), _decimals(2)),
+    Column("compression_up", "compression up", lambda r: (r.summary.get("compression") or {}).get("ratio_up"),
+           lambda v: "–" if v is None else f"{v:.2f}×"),
+    Column("compression_down", "compression down",
+           lambda r: (r.summary.get("compression") or {}).get("ratio_down"), lambda v: "–" if v is None else f"{v:.2f}×"),
+    Column("epsilon", "ε", lambda r: r.summary.get("epsilon"), _decimals(3)),
 ]
 
 

@@ -16,6 +16,7 @@ from fedmpi.data.federated import Encoded, to_device
 from fedmpi.data.partition import partition
 from fedmpi.data.sources import load_dataset
 from fedmpi.data.splits import Dataset
+from fedmpi.errors import ConfigError
 from fedmpi.models.backbone import build_model, load_tokenizer
 from fedmpi.tasks.base import Batch, Task
 
@@ -23,6 +24,18 @@ from fedmpi.tasks.base import Batch, Task
 class Classification(Task):
     name = "classification"
     score = "accuracy"
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        from fedmpi.models.llm import LLAMA_NAMES
+
+        if cfg.data.partition == "natural":
+            raise ConfigError("data.partition natural needs data with natural clients (task causal_lm with "
+                              "data.name chitchat); classification data has none: use iid, dirichlet, shards or "
+                              "quantity")
+        if cfg.model.name in LLAMA_NAMES or cfg.model.name.endswith(".gguf"):
+            raise ConfigError(f"model '{cfg.model.name}' is a causal LM; fine-tune it with task: causal_lm "
+                              "(classification as instruction on a labelled folder)")
 
     def load_data(self) -> Dataset:
         return load_dataset(self.cfg.data, self.cfg.seed)

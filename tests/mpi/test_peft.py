@@ -35,9 +35,16 @@ EXPECTED_TRAINABLE = {
 FEDERA_RESIDUAL_BYTES = 6 * 2 * 384 * 384 * 4  # query and value base weights of 6 layers, float32
 
 
-@pytest.mark.parametrize("method", list(LR))
+SVD_FLOPS = 12 * (6 * 384 ** 3 + 20 * 384 ** 3)  # one exact SVD per query/value weight (384x384, 6 layers)
+
+
+@pytest.mark.parametrize("method", [*LR, "federa-server"])
 def test_method_trains_and_ledger_holds_only_trainable_state(tmp_path, method):
-    run = launch(tmp_path, 3, f"method.name={method}", f"train.lr={LR[method]}", *SMALL, name=method, timeout=600)
+    server = method == "federa-server"
+    method = "federa" if server else method
+    extra = ("method.federa_init=server_residual",) if server else ()
+    run = launch(tmp_path, 3, f"method.name={method}", f"train.lr={LR[method]}", *SMALL, *extra, name=method,
+                 timeout=600)
     assert_ok(run)
     s, metrics, ledger = run.summary, run.metrics, run.ledger
     # the loss falls
@@ -59,18 +66,28 @@ def test_method_trains_and_ledger_holds_only_trainable_state(tmp_path, method):
         assert all(r["bytes"] == n * 4 for r in down)
         assert metrics[rnd]["bytes_up"] == PER_ROUND * n * 4
     kinds = {r["kind"] for r in ledger if r["bytes"]}
-    assert kinds == ({"model", "update", "init"} if method == "federa" else {"model", "update"})
+    assert kinds == ({"model", "update", "init"} if server else {"model", "update"})
     assert s["total_bytes_up"] == ROUNDS * PER_ROUND * n * 4
     # every rank starts from bitwise the same model
     init = json.loads((run.dir / "init.json").read_text())
     assert len(init["digests"]) == 3 and init["identical"]
-    if method == "federa":
+    svd = [r for r in ledger if r["kind"] == "init" and r["direction"] == "server"]
+    if method == "federa" and not server:
+        # each client derives the residual from the weight it holds: one SVD per target weight, charged
+        # once on every client's own device (kind init), no residual download; the server's SVD gives A, B
+        rows = [r for r in ledger if r["kind"] == "init" and r["direction"] == "local"]
+        assert sorted(r["client"] for r in rows) == list(range(CLIENTS))
+        assert all(r["round"] == 0 and r["flops"] == SVD_FLOPS and r["bytes"] == 0 for r in rows)
+        assert len(svd) == 1 and svd[0]["flops"] == SVD_FLOPS
+        assert init["synced_tensors"] == 0 and init["init_bytes_per_client"] == 0
+        assert init["init_flops_per_client"] == SVD_FLOPS
+        assert s["total_bytes_down"] == ROUNDS * PER_ROUND * n * 4  # the same bytes as LoRA
+    elif server:
         # the residual is computed once on the server and shipped once to every client (kind init)
         rows = [r for r in ledger if r["kind"] == "init" and r["direction"] != "server"]
         assert sorted(r["client"] for r in rows) == list(range(CLIENTS))
         # ... from one exact SVD per target weight (query, value: 384x384 in 6 layers) on the server
-        svd = [r for r in ledger if r["kind"] == "init" and r["direction"] == "server"]
-        assert len(svd) == 1 and svd[0]["flops"] == 12 * (6 * 384 ** 3 + 20 * 384 ** 3)
+        assert len(svd) == 1 and svd[0]["flops"] == SVD_FLOPS
         assert all(r["round"] == 0 and r["direction"] == "down" for r in rows)
         assert all(r["bytes"] == FEDERA_RESIDUAL_BYTES == init["init_bytes_per_client"] for r in rows)
         assert s["total_bytes_down"] == ROUNDS * PER_ROUND * n * 4 + CLIENTS * FEDERA_RESIDUAL_BYTES

@@ -9,14 +9,15 @@ PKG = Path(__file__).resolve().parents[2] / "fedmpi"
 # Lower number = lower layer; a module may import only from its own layer or below.
 LAYERS = {
     "errors": 0, "atomic": 0, "options": 0, "registry": 0, "seeding": 0, "console": 0,
+    "signals": 0, "jsonsafe": 0, "procs": 0,
     "config": 1,
     "runtime": 2, "metering": 2,
     "net": 3, "data": 3, "models": 3,
     "tasks": 4, "state": 4, "strategies": 4,
     "engine": 5,
-    "plugins": 6, "algorithms": 6,
-    "experiment": 7,
-    "runner": 8, "cli": 9, "sweep": 9, "report": 9,
+    "plugins": 6, "algorithms": 6, "runfolder": 6,
+    "experiment": 7, "preflight": 7,
+    "runner": 8, "supervise": 8, "cli": 9, "sweep": 9, "report": 9,
     "net.profiles": 1,  # link presets and traces: plain data the config resolves and records
 }
 DISTRIBUTED_OK = ("runtime", "net")
@@ -118,3 +119,10 @@ def test_the_checks_catch_a_planted_violation():
     g["fedmpi.config"] = g["fedmpi.config"] | {"fedmpi.engine.loop"}
     assert any(v.startswith("fedmpi.config (layer 1) imports fedmpi.engine.loop") for v in upward_imports(g))
     assert find_cycle(g) is not None  # engine.loop imports config (indirectly): now a cycle
+
+
+def test_test_files_have_distinct_names():
+    """pytest imports test modules by file name (tests/ has no __init__.py): two files of one
+    name in different folders make collection fail."""
+    names = [p.name for p in (PKG.parent / "tests").rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []

@@ -130,3 +130,46 @@ def test_commands_per_launcher():
                                    {"a": 1}, float("inf")])
 def test_values_round_trip_through_set(value):
     assert yaml.safe_load(format_value(value)) == value
+
+
+def test_all_runs_every_entry_in_order_and_resume_skips_the_finished(tmp_path):
+    grid = write(tmp_path, {**GRID, "set": {**GRID["set"], "output.dir": str(tmp_path / "runs")}})
+    calls: list[list[str]] = []
+    cut = {"tiny-002-name=full-seed=0"}  # this entry is killed once: it leaves a checkpoint and fails
+
+    def fake(argv: list[str]) -> int:
+        calls.append(argv)
+        name = next(a for a in argv if a.startswith("name=")).split("=", 1)[1]
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True, exist_ok=True)
+        if name in cut:
+            cut.discard(name)
+            (run / "checkpoint.pt").write_text("")
+            return 1
+        (run / "summary.json").write_text("{}")
+        return 0
+
+    assert main([str(grid), "--all", "--launcher", "none"], run_in_process=fake) == 1
+    assert len(calls) == 3 and "--resume" not in calls[2]
+    calls.clear()
+    assert main([str(grid), "--all", "--resume", "--launcher", "none"], run_in_process=fake) == 0
+    names = [next(a for a in argv if a.startswith("name=")).split("=", 1)[1] for argv in calls]
+    assert names[0].startswith("tiny-002") and "--resume-or-start" in calls[0]  # the cut one, continued
+    assert len(calls) == 4 and all("--resume-or-start" not in a for a in calls[1:])  # the rest, fresh
+
+
+def test_cases_cross_their_own_grid_with_the_top_grid(tmp_path):
+    grid = write(tmp_path, {"set": {"federation.rounds": 1},
+                            "cases": {"full": {"set": {"method.name": "full", "train.lr": 5.0e-5}},
+                                      "lora": {"set": {"method.name": "lora"}, "grid": {"train.lr": [0.001, 0.003]}}},
+                            "grid": {"seed": [0, 1]}, "name": "{case}-lr{train.lr}-s{seed}"})
+    sweep = expand(grid, ["train.batch_size=4"])
+    names = [e.name for e in sweep.entries]
+    assert names == ["full-lr5e-05-s0", "full-lr5e-05-s1", "lora-lr0.001-s0", "lora-lr0.001-s1",
+                     "lora-lr0.003-s0", "lora-lr0.003-s1"]
+    assert sweep.entries[2].overrides[:5] == ["federation.rounds=1", "method.name=lora", "train.lr=0.001", "seed=0",
+                                               "train.batch_size=4"]
+    assert sweep.entries[0].varied == ["case=full", "seed=0"]
+    bad = write(tmp_path, {"cases": {"x": {"set": {"method.name": "lorra"}}}})
+    with pytest.raises(ConfigError, match=r"unknown method.name 'lorra'.*\[grid entry 0: case x\]"):
+        expand(bad)

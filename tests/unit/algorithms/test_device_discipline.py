@@ -37,7 +37,7 @@ def test_the_link_refuses_a_tensor_off_the_runtimes_device():
     rt = Runtime(0, 2, 0, 2, "test", "fake", FAKE)
     link = Link(rt, [LinkProfile(10.0, 10.0, 1.0)], VirtualClock(), [1e9], 1e9)
     with fake_device():
-        with pytest.raises(ConfigError, match="the Link carries tensors on meta .* got one on cpu"):
+        with pytest.raises(ConfigError, match="the Link takes tensors on meta .* got one on cpu"):
             link.encode("down", "model", torch.zeros(3), -1)
         assert link.encode("down", "model", torch.zeros(3).to(FAKE), -1).nbytes == 12
 
@@ -51,6 +51,8 @@ def test_the_fake_accelerator_behaves_like_one():
             x + torch.ones(6)
         x.copy_(torch.ones(6))  # a copy between devices is allowed, as on CUDA
         assert torch.zeros(2, device=FAKE).device == FAKE
+        flag = torch.tensor([1], dtype=torch.int32, device=FAKE)  # Runtime.any_rank's control flag
+        assert flag.device == FAKE and flag.item() == 1
 
 
 @pytest.mark.parametrize("name,path,sets", [
@@ -74,5 +76,5 @@ def test_a_cpu_tensor_at_the_link_is_caught(tmp_path, monkeypatch):
 
     real = FedPFT._neurons
     monkeypatch.setattr(FedPFT, "_neurons", lambda self, chosen: real(self, chosen).cpu())
-    with pytest.raises(ConfigError, match="the Link carries tensors on meta .* got one on cpu"):
+    with pytest.raises(ConfigError, match="the Link takes tensors on meta .* got one on cpu"):
         run_cluster(_cfg(TINY, tmp_path, *FEDPFT), 3, monkeypatch)

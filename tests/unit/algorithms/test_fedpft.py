@@ -80,11 +80,12 @@ def test_k_neurons_shapes_count_and_flops(prep, full):
         assert torch.equal(sl.attention.self.query.weight, fl.attention.self.query.weight)
     # each dropped neuron: one W_in row (H), its bias (1), one W_out column (H)
     assert param_count(full) - param_count(sub) == 2 * (I - k) * (2 * H + 1)
-    # forward FLOPs per sample: each dropped neuron saves 2 matmuls of 2*H FLOPs per token
+    # forward FLOPs per sample: each dropped neuron saves, per token, 2 matmuls of 2*H FLOPs,
+    # its bias add and its erf-GELU (5; metering/formulas.py)
     b = batch_of(prep)
     tokens = b["input_ids"].shape[1]
     saved = sample_flops(full, b, FlopMeter()) - sample_flops(sub, b, FlopMeter())
-    assert saved == 2 * (I - k) * 4 * H * tokens
+    assert saved == 2 * (I - k) * (4 * H + 1 + 5) * tokens
 
 
 def test_lora_trained_on_submodel_loads_into_full_model(prep, full):

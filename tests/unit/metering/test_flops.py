@@ -18,8 +18,9 @@ def test_linear_forward_backward_is_six_flops_per_weight_per_sample():
         layer(x).sum().backward()
 
     _, flops = meter.run(("lin", shape_key(x)), step)
-    # forward 2*B*in*out, backward (weight grad only: input needs no grad) 2*B*in*out
-    assert flops == 4 * 8 * 64 * 32
+    # forward 2*B*in*out, backward (weight grad only: input needs no grad) 2*B*in*out,
+    # and the .sum() reads B*out elements (its backward is an expand: free)
+    assert flops == 4 * 8 * 64 * 32 + 8 * 32
     _, again = meter.run(("lin", shape_key(x)), step)
     assert again == flops and meter.counted_calls == 1  # cached: counted once
 
@@ -37,10 +38,35 @@ def _bert_flops(train: bool) -> int:
 
 
 def test_attention_is_counted_in_eval_mode_too():
-    # Analytic forward FLOPs of the tiny BERT encoder (B=4, S=16, H=32, I=64, L=2):
-    B, S, H, I, L = 4, 16, 32, 64, 2
-    per_layer = 2 * B * S * (4 * H * H + 2 * H * I) + 2 * 2 * B * S * S * H  # linears + QK^T and AV
-    head = 2 * B * H * H + 2 * B * H * 2  # pooler + classifier
-    expected = L * per_layer + head
+    # Analytic forward FLOPs of the tiny BERT classifier (B=4, S=16, H=32, I=64, L=2, 2 heads,
+    # no padding so no mask), in the convention of metering/formulas.py:
+    B, S, H, I, L, heads = 4, 16, 32, 64, 2, 2
+    T, scores = B * S, B * heads * S * S
+    matmuls = 2 * T * (4 * H * H + 2 * H * I) + 2 * 2 * B * S * S * H  # linears + QK^T and AV
+    per_layer = (matmuls + 5 * T * H + T * I  # linear biases
+                 + 2 * T * H + 5 * scores  # q, k scaling; softmax
+                 + 2 * T * H + 2 * 7 * T * H + 5 * T * I)  # residuals, LayerNorms, erf-GELU
+    embeddings = 2 * T * H + 7 * T * H  # word + type + position, LayerNorm (the lookups are free)
+    head = 2 * B * H * H + 2 * B * H + 2 * B * H * 2 + 2 * B  # pooler (+ bias, tanh), classifier (+ bias)
+    loss = 5 * B * 2 + B  # log-softmax over 2 labels, NLL
+    expected = L * per_layer + embeddings + head + loss
     assert _bert_flops(train=False) == expected
     assert _bert_flops(train=True) == expected  # same count whichever attention kernel runs
+
+
+def test_train_steps_counts_the_optimizer_step():
+    """Client FLOPs per step = counted forward + backward + the optimizer's formula
+    (AdamW: 13 per trainable element + 1 per tensor when weight decay is 0)."""
+    from fedmpi.engine.training import train_steps
+
+    layer = nn.Linear(16, 4)
+    x, y = torch.randn(8, 16), torch.randn(8, 4)
+    batches = [{"x": x, "y": y}] * 3
+    opt = torch.optim.AdamW(layer.parameters(), lr=1e-3, weight_decay=0.0)
+    loss = lambda m, b: ((m(b["x"]) - b["y"]) ** 2).mean()  # noqa: E731
+    stats = train_steps(layer, batches, opt, FlopMeter(), torch.device("cpu"), loss, lambda b: 8)
+    n = 16 * 4 + 4
+    fwd = 2 * 8 * 16 * 4 + 8 * 4 + 3 * 8 * 4  # addmm + bias, subtract, square, mean
+    bwd = 2 * 8 * 4 * 16 + 8 * 4 + 4 * 8 * 4  # weight grad, bias grad (row sum); mean' (/32), square' (2 x^1 g: 3)
+    step = 13 * n + 2
+    assert stats.flops == 3 * (fwd + bwd + step)

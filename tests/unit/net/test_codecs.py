@@ -407,7 +407,7 @@ def test_yaml_section_with_options(tmp_path):
      "transport.down.fraction and transport.down.k are exclusive"),
     (["transport.up.name=topk", "transport.up.values=fp8"], "unknown transport.up.values 'fp8'"),
     (["transport.up.name=nf4", "transport.up.stochastic_rounding=true"],
-     "unknown config key 'transport.up.stochastic_rounding' for transport codec 'nf4'"),
+     "config key 'transport.up.stochastic_rounding' does not apply to transport codec 'nf4': it is an option of 'int8' and 'int4'"),
     (["transport.up.name=int9"], "unknown transport codec 'int9' (did you mean 'int8'?)"),
 ])
 def test_bad_codec_options_give_one_clear_error(overrides, needle):

@@ -46,7 +46,7 @@ def test_broadcast_charges_each_client_exact_bytes(single_rank, tmp_path):
     link.begin_round(3)
     payload = torch.zeros(1234, dtype=torch.float32)
     link.broadcast(payload, kind="model", clients=[0, 2])
-    link.reduce(torch.zeros(10, dtype=torch.float64), kind="update", uploads={2: 4936})
+    link.reduce(torch.zeros(10, dtype=torch.float64), kind="update", uploads={"update": {2: 4936}})
     rows = ledger.pending
     assert [(r.client, r.direction, r.kind, r.bytes) for r in rows] == [
         (0, "down", "model", 1234 * 4), (2, "down", "model", 1234 * 4), (2, "up", "update", 4936)]
