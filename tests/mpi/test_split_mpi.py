@@ -113,8 +113,8 @@ def test_sfprompt_trains_prompt_and_tail_with_a_frozen_body(tmp_path):
     assert {r["bytes"] for r in _rows(run, kind="update")} == {s["client_trainable_params"] * 4}
     assert (s["tail_receives"], s["head_gradient_rows"]) == ("[CLS] row", "prompt rows (4)")
 
-    deep = launch(tmp_path, 3, "options.prune_ratio=1.0", "options.split_tail_layers=1", config=SFPROMPT,
-                  name="tail1", timeout=TIMEOUT)
+    deep = launch(tmp_path, 3, "options.prune_ratio=1.0", "options.split_tail_layers=1", "federation.rounds=8",
+                  config=SFPROMPT, name="tail1", timeout=TIMEOUT)
     assert_ok(deep)
     losses = [m["loss"] for m in deep.metrics]
     assert losses[-1] < losses[0] - 0.1, losses
