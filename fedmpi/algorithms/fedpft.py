@@ -232,7 +232,10 @@ class FedPFT(FedAvg):
         ctx = self.ctx
         meter = ActivityMeter(self.sub, self.plan, self.opts.align_activity, self.opts.align_eps)
         try:
-            return ctx.train(self.model, meter.batches(ctx.client_batches(client, rnd)), ctx.optimizer(self.params))
+            # its own FLOP-cache key: the activity hooks' work is counted, so a step with them must
+            # not reuse (or seed) the count of the same shapes without them (a resumed run would differ)
+            return ctx.train(self.model, meter.batches(ctx.client_batches(client, rnd)), ctx.optimizer(self.params),
+                             tag="train-activity")
         finally:
             self.activity[client] = meter.close(ctx.device)
 
