@@ -151,7 +151,8 @@ class FedPFT(FedAvg):
         if ctx.rt.is_server and (o.distills or o.aligns):
             self.public_enc = public_windows(o, cfg)
             self.public = cycle_batches(self.public_enc, o.distill_batch_size, cfg.seed)
-            self.public_heldout = [next(self.public) for _ in range(2)]
+            # on the device the models are: evaluate_layers runs them on these batches as given
+            self.public_heldout = [{k: v.to(ctx.device) for k, v in next(self.public).items()} for _ in range(2)]
             self.info.update(public_data=o.public_data, public_windows=len(self.public_enc),
                              public_window_tokens=cfg.model.max_length)
         if ctx.rt.is_server and o.distills:

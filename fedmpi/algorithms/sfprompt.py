@@ -1,17 +1,25 @@
-"""SFPrompt: split federated prompt tuning with dataset pruning and local-loss steps.
+"""SFPrompt (arXiv 2407.17533): split federated prompt tuning with local-loss updates and dataset pruning.
 
-The client trains a soft prompt (in its head) and its tail; the head's
-pre-trained layers and the server's body are frozen: the server runs the body
-forward and backward only to hand the gradient back to the prompt, and holds
-no trainable state. A client's round:
+The paper's layout is the default: the client holds the head (the embedding
+or patch-embedding layer, and the soft prompt) and the tail (pooler or final
+LayerNorm, and the classifier); the server holds every transformer layer (the
+body). Head and body are frozen: the server runs the body forward and backward
+only to hand the gradient back to the prompt, and holds no trainable state.
+A client's round, in the paper's phase order:
 
-1. EL2N pruning: score every local sample by ||softmax(f(x)) - onehot(y)||_2
-   with f the head->tail shortcut (no traffic), keep the hardest ceil(gamma*n);
-2. split training on the kept samples: ceil(gamma * train.local_steps) steps
+1. local-loss updates: `local_loss_steps` (default train.local_steps) steps on
+   its data through the head->tail shortcut, no traffic at all;
+2. EL2N pruning with the model those steps left: score every local sample by
+   ||softmax(f(x)) - onehot(y)||_2 through the shortcut (no traffic) and keep
+   the hardest ceil(gamma*n);
+3. split training on the kept samples: ceil(gamma * train.local_steps) steps
    (the same passes over the kept data that SplitFed makes over all of it), so
-   fewer samples cross the link;
-3. `local_loss_steps` steps through the shortcut (no traffic at all).
+   fewer samples cross the link; with no tail layer only the [CLS] row comes
+   down and its gradient goes up, and the prompt rows of the head's gradient come back.
 
+With no transformer layer on the client the [CLS] row of the head's output is
+the same for every input, so the shortcut reads the mean of the head's rows
+(`shortcut_pool: auto`); with client layers it reads [CLS], as the tail does.
 With `prune_stratified`, the kept count is shared among classes (see `hardest`).
 
 Prompt + tail are FedAvg'd each round.
@@ -90,17 +98,39 @@ def kept_batches(data: Encoded, kept: np.ndarray, rng: np.random.Generator, batc
 
 @dataclass
 class SFPromptOptions(SplitOptions):
-    split_tail_layers: int = option(1, check=at_least(0), help="encoder layers in the client tail")
+    split_head_layers: int = option(0, check=at_least(0),
+                                    help="encoder layers in the client head (paper: 0, embeddings + prompt)")
+    split_tail_layers: int = option(0, check=at_least(0),
+                                    help="encoder layers in the client tail (paper: 0, pooler/norm + classifier)")
     prompt_tokens: int = option(10, check=positive, help="soft-prompt vectors (sfprompt tunes a prompt: >= 1)")
     prune_ratio: float = option(0.5, check=in_range(0, 1, low_open=True),
                                 help="gamma: keep the hardest ceil(gamma * n) samples (EL2N)")
     prune_stratified: bool = option(False, help="share the kept count among classes by their counts")
-    local_loss_steps: int = option(1, check=at_least(0), help="head->tail shortcut steps per round, no traffic")
+    local_loss_steps: int | None = option(None, check=at_least(0),
+                                          help="phase 1: head->tail shortcut steps per round, no traffic "
+                                               "(default train.local_steps)")
+    shortcut_pool: str = option("auto", choices=("auto", "cls", "mean"),
+                                help="what the shortcut's tail reads: auto = mean of the head's rows when no "
+                                     "encoder layer is on the client, else [CLS]")
+
+    @property
+    def pool(self) -> str:
+        if self.shortcut_pool != "auto":
+            return self.shortcut_pool
+        return "mean" if self.split_head_layers + self.split_tail_layers == 0 else "cls"
 
 
 class SFPrompt(SplitFed):
     name = "sfprompt"
     Options = SFPromptOptions
+
+    def make_split(self) -> SplitModel:
+        ctx = self.ctx
+        return SplitModel(ctx.model, self.opts.points, seed=ctx.cfg.seed, shortcut_pool=self.opts.pool)
+
+    def local_steps(self) -> int:
+        n = self.opts.local_loss_steps
+        return self.ctx.cfg.train.local_steps if n is None else n
 
     def choose_trainable(self) -> None:
         """Prompt + tail train; the head's layers and the server's body are frozen."""
@@ -115,17 +145,21 @@ class SFPrompt(SplitFed):
     def train_client(self, client: int, rnd: int) -> LocalStats:
         ctx, cfg = self.ctx, self.ctx.cfg
         stats = LocalStats()
-        scores, stats.flops = el2n_scores(self.split, ctx.data.client_all(client, cfg.train.eval_batch_size),
-                                          ctx.device, ctx.meter)
+        opt = ctx.optimizer(self.params)
+        # 1. local-loss updates on all local data, through the shortcut (no traffic)
+        for batch in ctx.client_batches(client, rnd, self.local_steps()):
+            stats.flops += self.local_loss_step(batch, opt)
+        # 2. EL2N pruning, scored by the model phase 1 left
+        scores, flops = el2n_scores(self.split, ctx.data.client_all(client, cfg.train.eval_batch_size),
+                                    ctx.device, ctx.meter)
+        stats.flops += flops
         labels = ctx.data.client(client).labels.numpy() if self.opts.prune_stratified else None
         kept = hardest(scores, self.opts.prune_ratio, labels)
+        # 3. split training with the server on the kept samples
         batches = kept_batches(ctx.data.client(client), kept, np.random.default_rng([cfg.seed, rnd, client, 0x5F9]),
                                cfg.train.batch_size)
-        opt = ctx.optimizer(self.params)
         for _ in range(self.split_steps(client)):
             self.client_step(client, next(batches), opt, stats)
-        for _ in range(self.opts.local_loss_steps):
-            stats.flops += self.local_loss_step(next(batches), opt)
         return stats
 
     def local_loss_step(self, batch: Batch, opt: torch.optim.Optimizer) -> int:
@@ -150,5 +184,6 @@ class SFPrompt(SplitFed):
     def report(self) -> dict[str, object]:
         out = super().report()
         out.update(prune_ratio=self.opts.prune_ratio, prune_stratified=self.opts.prune_stratified,
-                   local_loss_steps=self.opts.local_loss_steps)
+                   local_loss_steps=self.local_steps(), shortcut_pool=self.opts.pool,
+                   phases=["local-loss", "el2n-pruning", "split-training"])
         return out

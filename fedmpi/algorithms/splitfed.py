@@ -3,8 +3,11 @@
 Each batch makes four crossings through the Link, every one charged to that
 client's uplink or downlink: head activations up, body activations down,
 the gradient of the tail's input up, the gradient of the head's output down
-(plus the attention mask up, kind `mask`, so the server can run the body).
-Labels never leave the client.
+(plus, for text, the attention mask up, kind `mask`, so the server can run the
+body). Only what the receiver needs crosses (`SplitModel.cut`, `head_rows`):
+a tail without layers gets the [CLS] row alone and sends back its gradient
+alone; a head without layers whose only trainable part is a prompt gets the
+prompt rows of its gradient. Labels never leave the client.
 
 The server serves the round's clients one after another, in sampled order;
 each client rank serves its own clients in that same order, so the FIFO
@@ -70,9 +73,13 @@ class SplitFed(Algorithm):
     def choose_trainable(self) -> None:
         """SplitFed fine-tunes everything: client parts on clients, body on the server."""
 
+    def make_split(self) -> SplitModel:
+        ctx = self.ctx
+        return SplitModel(ctx.model, self.opts.points, seed=ctx.cfg.seed)
+
     def setup(self) -> None:
         ctx = self.ctx
-        self.split = SplitModel(ctx.model, self.opts.points, seed=ctx.cfg.seed).to(ctx.device)
+        self.split = self.make_split().to(ctx.device)
         self.choose_trainable()
         self.model = self.split
         self.params = [p for p in self.split.client_params() if p.requires_grad]
@@ -104,7 +111,8 @@ class SplitFed(Algorithm):
                      key: tuple) -> None:
         ctx, link, split = self.ctx, self.ctx.link, self.split
         (h1, mask), f_head = ctx.meter.run(("split-head-fwd", key), lambda: split.head(batch))
-        link.to_server(mask.to(torch.uint8), client=client, kind=MASK)
+        if split.needs_mask:
+            link.to_server(mask.to(torch.uint8), client=client, kind=MASK)
         link.to_server(h1, client=client, kind=ACT)
         h2 = link.from_server(client=client, kind=ACT).requires_grad_(True)
 
@@ -115,8 +123,10 @@ class SplitFed(Algorithm):
 
         loss, f_tail = ctx.meter.run(("split-tail", key), tail_step)
         link.to_server(h2.grad, client=client, kind=GRAD)
-        g1 = link.from_server(client=client, kind=GRAD)
-        _, f_back = ctx.meter.run(("split-head-bwd", key), lambda: h1.backward(g1))
+        f_back, rows = 0, split.head_rows()
+        if h1[:, rows].numel():
+            g1 = link.from_server(client=client, kind=GRAD)
+            _, f_back = ctx.meter.run(("split-head-bwd", key), lambda: h1[:, rows].backward(g1))
         f_step = optimizer_step_flops(opt)
         opt.step()
         stats.add(int(batch["labels"].shape[0]), float(loss.detach()), f_head + f_tail + f_back + f_step)
@@ -145,16 +155,18 @@ class SplitFed(Algorithm):
     def server_step(self, client: int, opt: torch.optim.Optimizer | None) -> int:
         """The body's forward and backward for one client batch; returns FLOPs."""
         ctx, link, split = self.ctx, self.ctx.link, self.split
-        mask = link.from_client(client=client, kind=MASK).long()
+        mask = link.from_client(client=client, kind=MASK).long() if split.needs_mask else None
         h1 = link.from_client(client=client, kind=ACT).requires_grad_(True)
         if opt is not None:
             opt.zero_grad(set_to_none=True)
         key = shape_key(h1)
-        h2, f_fwd = ctx.meter.run(("split-body-fwd", key), lambda: split.body(h1, mask))
+        h2, f_fwd = ctx.meter.run(("split-body-fwd", key), lambda: split.cut(split.body(h1, mask)))
         link.to_client(h2, client=client, kind=ACT)
         g2 = link.from_client(client=client, kind=GRAD)
         _, f_bwd = ctx.meter.run(("split-body-bwd", key), lambda: h2.backward(g2))
-        link.to_client(h1.grad, client=client, kind=GRAD)
+        rows = split.head_rows()
+        if h1[:, rows].numel():
+            link.to_client(h1.grad[:, rows], client=client, kind=GRAD)
         f_step = 0
         if opt is not None:
             f_step = optimizer_step_flops(opt)
@@ -173,7 +185,7 @@ class SplitFed(Algorithm):
         count = lambda ps: sum(p.numel() for p in ps)  # noqa: E731
         client = split.client_params()
         numel = count(self.params)
-        width = self.ctx.model.config.hidden_size * split.embeddings.word_embeddings.weight.element_size()
+        width = self.ctx.model.config.hidden_size * next(split.embeddings.parameters()).element_size()
         return {
             "split": {"head_layers": split.points.head_layers, "body_layers": len(split.body_layers),
                       "tail_layers": split.points.tail_layers, "prompt_tokens": split.points.prompt_tokens},
@@ -183,5 +195,13 @@ class SplitFed(Algorithm):
             "trainable_share": (numel + count(self.body)) / max(1, count(split.parameters())),
             "bytes_up_per_client_round": payload_bytes(self.params),
             "bytes_down_per_client_round": payload_bytes(self.params),
-            "activation_bytes_per_token": width,  # per crossing, prompt tokens included
+            "activation_bytes_per_token": width,  # per row that crosses, prompt rows included
+            "tail_receives": "all rows" if split.tail_layers else "[CLS] row",
+            "head_gradient_rows": _rows(split.head_rows(), split.points.prompt_tokens),
         }
+
+
+def _rows(rows: slice, prompt_tokens: int) -> str:
+    if rows.stop is None:
+        return "all rows"
+    return f"prompt rows ({prompt_tokens})" if rows.stop else "none"

@@ -72,3 +72,38 @@ def test_el2n_is_the_norm_of_softmax_minus_onehot(tiny):
             p = split.shortcut(batch).softmax(-1)
             p[torch.arange(len(idx)), batch["labels"]] -= 1
             np.testing.assert_allclose(scores[idx], p.norm(dim=-1).numpy(), rtol=1e-6)
+
+
+def test_defaults_are_the_papers_layout_and_phase_order():
+    from fedmpi.algorithms.sfprompt import SFPromptOptions
+
+    o = SFPromptOptions()
+    assert (o.split_head_layers, o.split_tail_layers) == (0, 0)  # client: embeddings + prompt | pooler + classifier
+    assert o.local_loss_steps is None and o.pool == "mean"
+    assert SFPromptOptions(split_head_layers=1).pool == "cls"
+
+
+def test_el2n_scores_come_after_the_local_loss_steps(tmp_path, monkeypatch):
+    """The paper's order on every client: local-loss updates, then EL2N pruning with the model
+    they left (not the untrained one), then split training with the server."""
+    import threading
+
+    from fake_cluster import run_cluster
+    from fedmpi.metering.flops import FlopMeter
+
+    calls = []
+    real = FlopMeter.run
+
+    def spy(self, key, fn):
+        calls.append((threading.current_thread().name, key[0]))
+        return real(self, key, fn)
+
+    monkeypatch.setattr(FlopMeter, "run", spy)
+    cfg = load_config(ROOT / "configs" / "tiny_sfprompt.yaml",
+                      [f"output.dir={tmp_path}", "output.progress=false", "federation.rounds=1"])
+    run_cluster(cfg, 3, monkeypatch, device=torch.device("cpu"))
+    tags = [t for rank, t in calls if rank == "rank1"]  # the rank hosting client 0
+    phases = [t for i, t in enumerate(tags) if i == 0 or tags[i - 1] != t]
+    assert phases[:3] == ["local-loss", "el2n", "split-head-fwd"], phases
+    assert tags.count("local-loss") == cfg.options.local_loss_steps
+    assert "local-loss" not in tags[tags.index("el2n"):]
