@@ -111,6 +111,12 @@ WIDER_MATRIX = {
     "tests/mpi/test_recost.py::test_recost_equals_a_run_under_the_other_links",
     "tests/unit/runtime/test_bootstrap.py::test_torchrun_bootstrap",
     "tests/unit/runtime/test_bootstrap.py::test_torchrun_two_nodes",
+    "tests/mpi/test_client_state.py::test_state_is_the_same_on_3_and_5_ranks",
+    "tests/mpi/test_launch.py::test_local_mpich_and_torchrun_recipes_agree",
+    "tests/mpi/test_split_mpi.py::test_sfprompt_on_a_vit_splits_at_the_patch_embedding",
+    "tests/mpi/test_llm.py::test_other_methods_train_and_travel_exactly_their_state[federa-1024-extra1]",
+    "tests/mpi/test_recost.py::test_recost_is_refused_when_time_decided_who_took_part",
+    "tests/mpi/test_client_memory_cap.py::test_a_memory_cap_below_the_need_refuses_the_run",
 }
 
 

@@ -202,12 +202,14 @@ class SyncEngine:
     def overlap(self) -> bool:
         """Whether the server evaluates round r while the clients train round r+1: only when
         it is idle between sending the global state and receiving the updates (no `serve`, no
-        collective before/after-round work) and nothing it checkpoints changes on the way
-        down (a delta downlink records who holds which model)."""
+        collective before/after-round work), nothing it checkpoints changes on the way
+        down (a delta downlink records who holds which model), and no plug-in evaluates
+        (the backdoor's ASR counts the malicious clients of the round it scores)."""
         cls = type(self.algo)
         idle = all(getattr(cls, hook) is getattr(Algorithm, hook) for hook in ("serve", "before_round", "after_round"))
+        plugins_evaluate = any(type(cb).evaluate is not Callback.evaluate for cb in self.callbacks)
         return (self.ctx.cfg.runtime.overlap_evaluation and cls.overlaps_evaluation and idle
-                and self.downlink is None)
+                and self.downlink is None and not plugins_evaluate)
 
     def _grad_hook(self) -> int:
         """Between a local step's backward and its update: the client strategy's correction

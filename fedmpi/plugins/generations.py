@@ -51,10 +51,7 @@ class Generations(Callback):
         self.path = None if run_dir is None else Path(run_dir) / FILE
         self.tok, self.prompts, self.prompt_ids = tokenizer, prompts, prompt_ids
         self.max_new_tokens, self.device = max_new_tokens, device
-        self.round = -1
-
-    def on_round_start(self, rnd: int, sampled: list[int]) -> None:
-        self.round = rnd
+        self.outputs: list[str] | None = None  # this evaluation's, written with its round's row
 
     @torch.no_grad()
     def generate(self, model: nn.Module) -> list[str]:
@@ -75,8 +72,14 @@ class Generations(Callback):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         if self.path is None:
             return {}
-        outputs = self.generate(model)
-        line = {"round": self.round, "generations": [{"prompt": p, "output": o} for p, o in zip(self.prompts, outputs)]}
+        self.outputs = self.generate(model)
+        return {}
+
+    def on_round_end(self, rnd: int, row: dict[str, Any]) -> None:
+        # The evaluated round is the row's (the server may evaluate round r after round r+1 began).
+        if self.path is None or self.outputs is None:
+            return
+        line = {"round": rnd, "generations": [{"prompt": p, "output": o} for p, o in zip(self.prompts, self.outputs)]}
+        self.outputs = None
         with self.path.open("a") as fh:
             fh.write(json.dumps(line) + "\n")
-        return {}
