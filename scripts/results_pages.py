@@ -1,0 +1,115 @@
+"""The tables of docs/results/compression.md and docs/results/strategies.md, from the run
+folders of the committed campaign sweeps (configs/campaigns/), so no number is typed by hand.
+
+    scripts/campaign.sh compression-lora strategies-backdoor strategies-dp strategies-noniid
+    python scripts/results_pages.py [--runs docs/results/runs]   # the committed copies
+
+Each page is the text between its markers <!-- tables:begin --> and <!-- tables:end -->
+replaced; the prose around it is the page's own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
+
+
+def _summary(folder: Path) -> dict | None:
+    path = folder / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _metrics(folder: Path) -> list[dict]:
+    path = folder / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def _runs(runs: Path, prefix: str) -> list[tuple[str, Path, dict]]:
+    out = []
+    for folder in sorted(runs.glob(f"{prefix}-*")):
+        s = _summary(folder)
+        if s is not None:
+            case = folder.name[len(prefix) + 1:].rsplit("-s", 1)[0]
+            out.append((case, folder, s))
+    return out
+
+
+def _f(v, digits: int = 4) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def compression(runs: Path) -> str:
+    parts = []
+    for method in ("lora", "full"):
+        rows = _runs(runs, f"compression-{method}")
+        if not rows:
+            continue
+        fp32 = next((s for c, _, s in rows if c == "fp32"), None)
+        parts.append(f"### {method}\n\n| codec | final accuracy | bytes up (total) | up vs fp32 | bytes down | "
+                     f"emulated time (s) | wall (s) |\n|---|---:|---:|---:|---:|---:|---:|")
+        for case, _, s in rows:
+            ratio = (fp32["total_bytes_up"] / s["total_bytes_up"]) if fp32 else None
+            parts.append(f"| {case} | {_f(s['final_accuracy'])} | {s['total_bytes_up']:,} | "
+                         f"{'–' if ratio is None else f'{ratio:.2f}×'} | {s['total_bytes_down']:,} | "
+                         f"{s['emulated_seconds']:.1f} | {s['wall_seconds']:.0f} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def strategies(runs: Path) -> str:
+    parts = []
+    rows = _runs(runs, "strategies-noniid")
+    if rows:
+        rounds = max(len(_metrics(f)) for _, f, _ in rows)
+        parts.append("### Non-IID (Dirichlet α = 0.1), LoRA: accuracy per round\n")
+        parts.append("| strategy | " + " | ".join(f"r{r}" for r in range(rounds)) + " | bytes up | bytes down |")
+        parts.append("|---|" + "---:|" * rounds + "---:|---:|")
+        for case, folder, s in rows:
+            acc = [m.get("accuracy") for m in _metrics(folder)]
+            parts.append(f"| {case} | " + " | ".join(_f(a, 3) for a in acc) +
+                         f" | {s['total_bytes_up']:,} | {s['total_bytes_down']:,} |")
+        parts.append("")
+    rows = _runs(runs, "strategies-backdoor")
+    if rows:
+        parts.append("### Backdoor against robust aggregation, full fine-tuning (6 clients per round)\n")
+        parts.append("| aggregator | clean accuracy | ASR | untriggered target rate | ASR lift | "
+                     "malicious client-rounds | wall (s) |\n|---|---:|---:|---:|---:|---:|---:|")
+        for case, _, s in rows:
+            parts.append(f"| {case} | {_f(s['final_accuracy'])} | {_f(s.get('final_attack_success_rate'))} | "
+                         f"{_f(s.get('final_untriggered_target_rate'))} | {_f(s.get('final_asr_lift'))} | "
+                         f"{s.get('malicious_client_rounds', '–')} | {s['wall_seconds']:.0f} |")
+        parts.append("")
+    rows = _runs(runs, "strategies-dp")
+    ref = _summary(runs / "compression-lora-fp32-s0")
+    if rows:
+        parts.append("### DP-FedAvg, LoRA, IID: accuracy against ε (δ = 1e-5)\n")
+        parts.append("| noise multiplier | ε | final accuracy |\n|---|---:|---:|")
+        if ref is not None:
+            parts.append(f"| none (compression-lora-fp32) | ∞ | {_f(ref['final_accuracy'])} |")
+        for case, _, s in rows:
+            parts.append(f"| {case.lstrip('z')} | {_f(s.get('epsilon'), 2)} | {_f(s['final_accuracy'])} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def fill(page: Path, tables: str) -> None:
+    text = page.read_text()
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    page.write_text(pattern.sub(lambda _: f"{BEGIN}\n{tables}\n{END}", text))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", default=str(ROOT / "docs" / "results" / "runs"))
+    args = ap.parse_args()
+    runs = Path(args.runs)
+    fill(ROOT / "docs/results/compression.md", compression(runs))
+    fill(ROOT / "docs/results/strategies.md", strategies(runs))
+
+
+if __name__ == "__main__":
+    main()
