@@ -2,7 +2,7 @@
 # The committed campaign sweeps (configs/campaigns/NAME.yaml), one job at a time and resumable
 # (a cut entry continues from its checkpoint, finished ones are skipped), then each sweep's
 # report regenerated into docs/results/NAME/ (report.md, report.csv, plots) from the run folders;
-# each run's summary, metrics, ledger and config copied to docs/results/runs/, and the tables of
+# each run's summary, metrics, ledger and config copied to docs/results/measured/, and the tables of
 # docs/results/compression.md and strategies.md rewritten from them (scripts/results_pages.py).
 #   scripts/campaign.sh compression-lora strategies-noniid ...   # names under configs/campaigns
 set -euo pipefail
@@ -16,8 +16,8 @@ done
 for name in "$@"; do
   # what the tables need, committed beside them (never checkpoints)
   for run in runs/campaigns/"$name"-*; do
-    mkdir -p "docs/results/runs/$(basename "$run")"
-    cp "$run"/{summary.json,metrics.jsonl,ledger.jsonl,config.yaml} "docs/results/runs/$(basename "$run")/"
+    mkdir -p "docs/results/measured/$(basename "$run")"
+    cp "$run"/{summary.json,metrics.jsonl,ledger.jsonl,config.yaml} "docs/results/measured/$(basename "$run")/"
   done
   fedmpi report runs/campaigns/"$name"-* --out "docs/results/$name"
 done

@@ -2,7 +2,7 @@
 folders of the committed campaign sweeps (configs/campaigns/), so no number is typed by hand.
 
     scripts/campaign.sh compression-lora strategies-backdoor strategies-dp strategies-noniid
-    python scripts/results_pages.py [--runs docs/results/runs]   # the committed copies
+    python scripts/results_pages.py [--runs docs/results/measured]   # the committed copies
 
 Each page is the text between its markers <!-- tables:begin --> and <!-- tables:end -->
 replaced; the prose around it is the page's own.
@@ -104,7 +104,7 @@ def fill(page: Path, tables: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", default=str(ROOT / "docs" / "results" / "runs"))
+    ap.add_argument("--runs", default=str(ROOT / "docs" / "results" / "measured"))
     args = ap.parse_args()
     runs = Path(args.runs)
     fill(ROOT / "docs/results/compression.md", compression(runs))
