@@ -372,21 +372,23 @@ def dump_config(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
+def dotted_keys(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config tree as {"section.key": value} (empty sections kept as values): what resume
+    checks and trackers compare and log key by key."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(dotted_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def resume_changes(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
     """Keys whose values differ between a run and its resumption, other than those
     declared resumable: each one would make the resumed run a different experiment."""
     allowed = resumable(new)
-
-    def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            if isinstance(v, dict) and v:
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    a, b = flat(old.to_dict()), flat(new.to_dict())
+    a, b = dotted_keys(old.to_dict()), dotted_keys(new.to_dict())
 
     def same(x: Any, y: Any) -> bool:
         if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):

@@ -14,6 +14,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from fedmpi.config import dotted_keys
 from fedmpi.engine.callbacks import Callback
 from fedmpi.errors import ConfigError
 
@@ -106,17 +107,7 @@ class MLflowTracker(Callback):
             self.run = None
 
 
-def flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and v:
-            out.update(flat_config(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def make_tracker(cfg: Any, run_dir: Path) -> Callback:
     if cfg.output.tracker == "tensorboard":
         return TensorBoardTracker(run_dir)
-    return MLflowTracker(run_dir, cfg.name, flat_config(cfg.to_dict()))
+    return MLflowTracker(run_dir, cfg.name, dotted_keys(cfg.to_dict()))

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from fedmpi.config import ExperimentConfig, config_from_dict, resume_changes
+from fedmpi.config import ExperimentConfig, config_from_dict, dotted_keys, resume_changes
 from fedmpi.engine.outputs import CHECKPOINT
 from fedmpi.errors import ConfigError
 
@@ -24,16 +23,6 @@ MODES = ("no", "yes", "auto")  # no --resume / --resume / --resume-or-start
 # The folder is found by these two, so by construction they name the same run
 # (one may be written relative, the other absolute).
 _WHERE = ("name", "output.dir")
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def previous_config(run_dir: Path) -> ExperimentConfig:
@@ -69,7 +58,7 @@ def should_resume(cfg: ExperimentConfig, mode: str, announce: bool = True) -> bo
     old = previous_config(run_dir)
     changed = [k for k in resume_changes(old, cfg) if k not in _WHERE]
     if changed:
-        before, after = _flat(old.to_dict()), _flat(cfg.to_dict())
+        before, after = dotted_keys(old.to_dict()), dotted_keys(cfg.to_dict())
         diffs = "; ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed[:8])
         more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
         raise ConfigError(f"--resume: {run_dir} was run with a different experiment: {diffs}{more}. Only keys "
