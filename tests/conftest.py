@@ -125,3 +125,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid in WIDER_MATRIX:
             item.add_marker(pytest.mark.slow)
+
+
+def tiny_split_setup():
+    """(cfg, prepared model/data, FederatedData) of configs/tiny_splitfed.yaml: what the split
+    tests (unit and MPI) build their SplitModel and batches from."""
+    from fedmpi.config import load_config
+    from fedmpi.data.federated import FederatedData
+    from fedmpi.experiment import prepare
+
+    cfg = load_config(ROOT / "configs" / "tiny_splitfed.yaml")
+    prep = prepare(cfg)
+    data = FederatedData(prep.dataset, prep.parts, prep.task.encoder(prep.tokenizer), cfg.seed)
+    return cfg, prep, data

@@ -8,11 +8,9 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_ok, launch
+from conftest import ROOT, assert_ok, launch, tiny_split_setup
 from fedmpi.config import load_config
-from fedmpi.data.federated import FederatedData
 from fedmpi.engine.sampling import sample_clients
-from fedmpi.experiment import prepare
 
 pytestmark = pytest.mark.mpi
 SPLITFED = ROOT / "configs" / "tiny_splitfed.yaml"
@@ -23,10 +21,7 @@ TIMEOUT = 600  # the machine is shared and loaded
 @pytest.fixture(scope="module")
 def tiny():
     """(cfg, prepared model/data, FederatedData) of the tiny split config."""
-    cfg = load_config(SPLITFED)
-    prep = prepare(cfg)
-    data = FederatedData(prep.dataset, prep.parts, prep.task.encoder(prep.tokenizer), cfg.seed)
-    return cfg, prep, data
+    return tiny_split_setup()
 
 
 @pytest.mark.mpi

@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, tiny_split_setup
 from fedmpi.algorithms.sfprompt import el2n_scores, hardest, keep_count
 from fedmpi.config import load_config
-from fedmpi.data.federated import FederatedData
-from fedmpi.experiment import prepare
 from fedmpi.models.split import SplitModel, SplitPoints
 
 SPLITFED = ROOT / "configs" / "tiny_splitfed.yaml"
@@ -21,10 +19,7 @@ SPLITFED = ROOT / "configs" / "tiny_splitfed.yaml"
 @pytest.fixture(scope="module")
 def tiny():
     """(cfg, prepared model/data, FederatedData) of the tiny split config."""
-    cfg = load_config(SPLITFED)
-    prep = prepare(cfg)
-    data = FederatedData(prep.dataset, prep.parts, prep.task.encoder(prep.tokenizer), cfg.seed)
-    return cfg, prep, data
+    return tiny_split_setup()
 
 
 def test_keep_count_is_an_exact_ceiling():

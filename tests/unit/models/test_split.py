@@ -7,11 +7,9 @@ import copy
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, tiny_split_setup
 from fedmpi.config import load_config
-from fedmpi.data.federated import FederatedData
 from fedmpi.errors import ConfigError
-from fedmpi.experiment import prepare
 from fedmpi.models.split import SplitModel, SplitPoints, check_points, split_step
 
 SPLITFED = ROOT / "configs" / "tiny_splitfed.yaml"
@@ -21,10 +19,7 @@ SFPROMPT = ROOT / "configs" / "tiny_sfprompt.yaml"
 @pytest.fixture(scope="module")
 def tiny():
     """(cfg, prepared model/data, FederatedData) of the tiny split config."""
-    cfg = load_config(SPLITFED)
-    prep = prepare(cfg)
-    data = FederatedData(prep.dataset, prep.parts, prep.task.encoder(prep.tokenizer), cfg.seed)
-    return cfg, prep, data
+    return tiny_split_setup()
 
 
 @pytest.mark.parametrize("head,tail", [(1, 1), (0, 2), (2, 0), (0, 0)])
