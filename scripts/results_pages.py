@@ -1,7 +1,8 @@
 """The tables of docs/results/compression.md and docs/results/strategies.md, from the run
 folders of the committed campaign sweeps (configs/campaigns/), so no number is typed by hand.
 
-    scripts/campaign.sh compression-lora strategies-backdoor strategies-dp strategies-noniid
+    scripts/campaign.sh compression-lora compression-full strategies-backdoor strategies-backdoor-lora \\
+        strategies-backdoor-prompt strategies-dp strategies-noniid
     python scripts/results_pages.py [--runs docs/results/measured]   # the committed copies
 
 Each page is the text between its markers <!-- tables:begin --> and <!-- tables:end -->
@@ -28,12 +29,14 @@ def _metrics(folder: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
-def _runs(runs: Path, prefix: str) -> list[tuple[str, Path, dict]]:
+def _runs(runs: Path, prefix: str, exclude: tuple[str, ...] = ()) -> list[tuple[str, Path, dict]]:
+    """(case, folder, summary) of the finished runs named PREFIX-CASE-sSEED, but for
+    cases starting with one of `exclude` (another sweep sharing the prefix)."""
     out = []
     for folder in sorted(runs.glob(f"{prefix}-*")):
         s = _summary(folder)
-        if s is not None:
-            case = folder.name[len(prefix) + 1:].rsplit("-s", 1)[0]
+        case = folder.name[len(prefix) + 1:].rsplit("-s", 1)[0]
+        if s is not None and not case.startswith(exclude):
             out.append((case, folder, s))
     return out
 
@@ -73,15 +76,18 @@ def strategies(runs: Path) -> str:
             parts.append(f"| {case} | " + " | ".join(_f(a, 3) for a in acc) +
                          f" | {s['total_bytes_up']:,} | {s['total_bytes_down']:,} |")
         parts.append("")
-    rows = _runs(runs, "strategies-backdoor")
-    if rows:
-        parts.append("### Backdoor against robust aggregation, full fine-tuning (6 clients per round)\n")
-        parts.append("| aggregator | clean accuracy | ASR | untriggered target rate | ASR lift | "
-                     "malicious client-rounds | wall (s) |\n|---|---:|---:|---:|---:|---:|---:|")
-        for case, _, s in rows:
-            parts.append(f"| {case} | {_f(s['final_accuracy'])} | {_f(s.get('final_attack_success_rate'))} | "
-                         f"{_f(s.get('final_untriggered_target_rate'))} | {_f(s.get('final_asr_lift'))} | "
-                         f"{s.get('malicious_client_rounds', '–')} | {s['wall_seconds']:.0f} |")
+    methods = (("full", _runs(runs, "strategies-backdoor", exclude=("lora-", "prompt-"))),
+               ("lora", _runs(runs, "strategies-backdoor-lora")), ("prompt", _runs(runs, "strategies-backdoor-prompt")))
+    if any(rows for _, rows in methods):
+        parts.append("### Backdoor against robust aggregation (6 clients per round, the malicious client in each)\n")
+        parts.append("| method | aggregator | clean accuracy | ASR | untriggered target rate | ASR lift | "
+                     "malicious client-rounds | wall (s) |\n|---|---|---:|---:|---:|---:|---:|---:|")
+        for method, rows in methods:
+            for case, _, s in rows:
+                parts.append(f"| {method} | {case} | {_f(s['final_accuracy'])} | "
+                             f"{_f(s.get('final_attack_success_rate'))} | {_f(s.get('final_untriggered_target_rate'))} | "
+                             f"{_f(s.get('final_asr_lift'))} | {s.get('malicious_client_rounds', '–')} | "
+                             f"{s['wall_seconds']:.0f} |")
         parts.append("")
     rows = _runs(runs, "strategies-dp")
     ref = _summary(runs / "compression-lora-fp32-s0")
