@@ -67,7 +67,7 @@ def perplexity(pairs: list[tuple[float, int]]) -> float:
 
 
 def score_run(run: Path, per_seen: int, unseen: int, base_cache: dict) -> list[dict]:
-    """Rows (seed, model, group, participant, perplexity, replies, tokens) of one run."""
+    """Rows (seed, model, group, participant, perplexity, replies, tokens, nll_sum) of one run."""
     from fedmpi.config import load_config
     from fedmpi.experiment import prepare
     from fedmpi.models.methods import trainable
@@ -87,17 +87,12 @@ def score_run(run: Path, per_seen: int, unseen: int, base_cache: dict) -> list[d
         assert len(owners) == 1, "a natural client is one participant"
         groups["seen"].append((int(owners[0]), data.client(client), np.arange(len(rows)),
                                ("seen", tuple(int(r) for r in rows))))
-    params = [p for _, p in trainable(prep.model)]
-    init = [p.detach().clone() for p in params]
     ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
     rows_out = []
-    for model_name in ("untrained", "federated"):
-        with torch.no_grad():
-            if model_name == "untrained":
-                for p, q in zip(params, init):
-                    p.copy_(q)
-            else:
-                unflatten_into(ck["state"]["trainable"], params)
+    for model_name in ("untrained", "federated"):  # as built (LoRA's B = 0: the base model), then trained
+        if model_name == "federated":
+            with torch.no_grad():
+                unflatten_into(ck["state"]["trainable"], [p for _, p in trainable(prep.model)])
         for group, members in groups.items():
             for owner, encoded, idx, key in members:
                 if model_name == "untrained" and key in base_cache:
