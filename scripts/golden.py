@@ -62,6 +62,19 @@ CASES: dict[str, tuple[str, int, tuple[str, ...], dict[str, str], bool]] = {
     "fedpft": ("tiny.yaml", 3, FEDPFT, {}, False),
     "fedpft-no-align": ("tiny.yaml", 3, FEDPFT + ("options.mode=no_align",), {}, False),
     "fedpft-resume": ("tiny.yaml", 3, FEDPFT, {"FEDMPI_KILL_AT_ROUND": "3"}, True),
+    # The delta path (lossy codecs, error feedback through the state store, DP, server optimisers).
+    "codec-int8-ef": ("tiny.yaml", 3, BASE + ("transport.up.name=int8", "transport.up.error_feedback=true"), {}, False),
+    "codec-nf4-both": ("tiny.yaml", 3, BASE + ("transport.up.name=nf4", "transport.down.name=nf4"), {}, False),
+    "codec-int4-sr-ef": ("tiny.yaml", 3, BASE + ("transport.up.name=int4", "transport.up.stochastic_rounding=true",
+                                                 "transport.up.error_feedback=true"), {}, False),
+    "codec-topk-ef-lora": ("tiny.yaml", 3, BASE[:1] + ("method.name=lora", "train.lr=0.01", "output.checkpoint=true",
+                                                       "transport.up.name=topk", "transport.up.fraction=0.05",
+                                                       "transport.up.error_feedback=true"), {}, False),
+    "strategy-dp-fedadam": ("tiny.yaml", 3, BASE + ("strategy.privacy.name=dp", "strategy.privacy.clip=0.1",
+                                                    "strategy.privacy.noise_multiplier=0.3",
+                                                    "strategy.server.name=fedadam", "strategy.server.lr=0.01"),
+                            {}, False),
+    "strategy-median": ("tiny.yaml", 3, BASE + ("strategy.aggregator.name=median",), {}, False),
 }
 if SHARED_DATA.is_dir():
     CASES["vision-prompt"] = ("tiny.yaml", 3, ("model.name=tiny-vit", "data.name=mnist", f"data.path={SHARED_DATA}",

@@ -275,10 +275,10 @@ class SyncEngine:
         ctx.state.clear()
         if ctx.rt.is_server:
             for c in sampled:
-                link.send_object(self.store.get(c), ctx.rt.rank_of_client(c))
+                link.send_state(self.store.get(c), ctx.rt.rank_of_client(c))
         else:
             for c in ctx.rt.clients_here(sampled):
-                ctx.state.load(c, link.recv_object(0))
+                ctx.state.load(c, link.recv_state(0))
 
     def _return_state(self, sampled: list[int], result: RoundSum | None) -> None:
         """Back to the server's store; a client whose update did not count (dropped, cut at
@@ -289,12 +289,12 @@ class SyncEngine:
         if ctx.rt.is_server:
             arrived = set(result.arrived)
             for c in sampled:
-                state = link.recv_object(ctx.rt.rank_of_client(c))
+                state = link.recv_state(ctx.rt.rank_of_client(c))
                 if state and c in arrived:
-                    self.store.put(c, state)
+                    self.store.put(c, state, owned=True)
         else:
             for c in ctx.rt.clients_here(sampled):
-                link.send_object(ctx.state.take(c), 0)
+                link.send_state(ctx.state.take(c), 0)
 
     # -- closing a round (server) -------------------------------------------------
     def due(self, rnd: int) -> bool:

@@ -88,9 +88,11 @@ class ClientStateStore:
             return None
         return torch.load(self.spill_dir / name, map_location="cpu", weights_only=True)
 
-    def put(self, client: int, state: State) -> None:
-        """Replace a client's state (detached CPU copies are kept)."""
-        state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+    def put(self, client: int, state: State, owned: bool = False) -> None:
+        """Replace a client's state (detached CPU copies are kept; `owned`: the caller
+        hands over tensors nothing else refers to, e.g. just received, and CPU ones are
+        kept as they are)."""
+        state = {k: v.detach().to("cpu", copy=not (owned and v.device.type == "cpu")) for k, v in state.items()}
         self._drop(client)
         self._memory[client] = state
         self._memory_bytes += state_bytes(state)

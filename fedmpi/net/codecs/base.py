@@ -11,6 +11,9 @@ so over rounds the receiver's sum of decoded messages tracks the sum of
 payloads up to one bounded residual. The residual lives in the sender's
 per-client `state` dict under `residual_key(kind)`; the engine persists that
 dict between a client's participations. `state=None` turns it off for a call.
+The residual tensor is updated in place (a full-FT residual is the model's
+size): the engine's states are each rank's own received copies; a caller
+that wants the old residual keeps a clone.
 
 Randomness (stochastic rounding, random-k) comes from a CPU `torch.Generator`
 seeded from the CodecKey (seed, round, client, crc32(kind)) and a purpose
@@ -70,14 +73,22 @@ class LossyCodec(Codec):
                 if residual.shape != payload.shape:
                     raise ValueError(f"codec residual '{name}' has shape {tuple(residual.shape)} but the message "
                                      f"has {tuple(payload.shape)}: a message kind must keep its layout")
-                payload = payload + residual.to(device=payload.device, dtype=payload.dtype)
+                if residual.device == payload.device and residual.dtype == payload.dtype:
+                    payload = residual.add_(payload)  # in place: a full-size temporary less
+                else:
+                    payload = payload + residual.to(device=payload.device, dtype=payload.dtype)
                 owned = True
-        wire = self.encode(payload, key)
-        decoded = self.decode(wire, payload)
-        if feedback:  # the new residual; the old tensor is left as it was (the state store may hold it)
+        wire, decoded = self.encode_decoded(payload, key)
+        if feedback:  # the new residual, in the old one's memory when it had one
             state[name] = payload.sub_(decoded) if owned else payload - decoded
         received = decoded if reference is None else decoded + reference
         return Transmitted(received, int(wire.numel()))
+
+    def encode_decoded(self, x: torch.Tensor, key: CodecKey) -> tuple[torch.Tensor, torch.Tensor]:
+        """(encode(x), what the receiver decodes from it); codecs that can rebuild the
+        decoded values while encoding override this to save decode's pass."""
+        wire = self.encode(x, key)
+        return wire, self.decode(wire, x)
 
     def decode(self, wire: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         header = W.parse_header(wire)

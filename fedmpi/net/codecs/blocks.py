@@ -101,6 +101,16 @@ class BlockwiseCodec(LossyCodec):
         return W.header_size(len(shape)) + 4 + 4 * num_blocks(n, block_size) + cls.code_bytes(n)
 
     def encode(self, x: torch.Tensor, key: CodecKey) -> torch.Tensor:
+        return self._encode(x, key, None)
+
+    def encode_decoded(self, x: torch.Tensor, key: CodecKey) -> tuple[torch.Tensor, torch.Tensor]:
+        """(wire, decode(wire)) in one pass: each chunk's values are rebuilt from its
+        codes while they are in cache, by decode's own arithmetic (code level x step),
+        so they equal decode's bit for bit (tests check) at a pass less over the model."""
+        decoded = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        return self._encode(x, key, decoded.view(-1)), decoded
+
+    def _encode(self, x: torch.Tensor, key: CodecKey, decoded: torch.Tensor | None) -> torch.Tensor:
         flat = x.detach().reshape(-1)
         n = flat.numel()
         block = max(1, min(int(self.options.block_size), n))
@@ -122,6 +132,7 @@ class BlockwiseCodec(LossyCodec):
         codes = wire[codes_at:].view(torch.int8) if self.BITS == 8 else \
             torch.empty(n, dtype=torch.uint8, device=x.device)
         gen = keyed_generator(key, self.name) if self.stochastic else None
+        levels = self.code_levels(x.device) if decoded is not None and self.BITS == 4 else None
         scratch = torch.empty(min(n, max(CHUNK, block)), dtype=torch.float32, device=x.device)
         noise = torch.empty(scratch.numel(), dtype=torch.float32) if gen is not None else None
         for b0, b1, e0, e1, rows, width in block_chunks(n, block):
@@ -130,7 +141,11 @@ class BlockwiseCodec(LossyCodec):
             if gen is not None:
                 u = torch.rand(e1 - e0, generator=gen, out=noise[:e1 - e0])
                 y.add_(u.view(rows, width).to(y.device))
-            self.quantize_(y, codes[e0:e1].view(rows, width), stochastic=gen is not None)
+            chunk_codes = codes[e0:e1].view(rows, width)
+            self.quantize_(y, chunk_codes, stochastic=gen is not None)
+            if decoded is not None:
+                values = chunk_codes if levels is None else levels.index_select(0, chunk_codes.reshape(-1).long())
+                torch.mul(values.view(rows, width), step[b0:b1, None], out=decoded[e0:e1].view(rows, width))
         if self.BITS == 4:
             pack_nibbles(codes, wire[codes_at:])
         return wire
@@ -165,4 +180,9 @@ class BlockwiseCodec(LossyCodec):
     @classmethod
     def byte_levels(cls, device: torch.device) -> torch.Tensor:
         """4-bit codecs: nibble_table of their code levels (in units of step)."""
+        return nibble_table(cls.code_levels(device)).to(device)
+
+    @classmethod
+    def code_levels(cls, device: torch.device) -> torch.Tensor:
+        """4-bit codecs: the 16 code values (in units of step), fp32."""
         raise NotImplementedError

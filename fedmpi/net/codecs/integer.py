@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from fedmpi.net.codecs import wire as W
-from fedmpi.net.codecs.blocks import BlockwiseCodec, nibble_table
+from fedmpi.net.codecs.blocks import BlockwiseCodec
 from fedmpi.options import at_least, option
 
 
@@ -65,5 +65,5 @@ class Int4(_Integer):
     BITS = 4
 
     @classmethod
-    def byte_levels(cls, device: torch.device) -> torch.Tensor:
-        return nibble_table(torch.arange(16, dtype=torch.float32) - 8).to(device)
+    def code_levels(cls, device: torch.device) -> torch.Tensor:
+        return (torch.arange(16, dtype=torch.float32) - 8).to(device)

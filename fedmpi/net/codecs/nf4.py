@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from fedmpi.net.codecs import wire as W
-from fedmpi.net.codecs.blocks import BlockwiseCodec, nibble_table
+from fedmpi.net.codecs.blocks import BlockwiseCodec
 from fedmpi.options import at_least, option
 
 NF4_LEVELS = (
@@ -84,5 +84,5 @@ class NF4(BlockwiseCodec):
         out.copy_(codes.view(out.shape))
 
     @classmethod
-    def byte_levels(cls, device: torch.device) -> torch.Tensor:
-        return nibble_table(torch.tensor(NF4_LEVELS, dtype=torch.float32)).to(device)
+    def code_levels(cls, device: torch.device) -> torch.Tensor:
+        return torch.tensor(NF4_LEVELS, dtype=torch.float32, device=device)

@@ -148,6 +148,22 @@ def test_integer_round_to_nearest_bound(name, level, block, shape):
         assert err.max() > step.max() / 20  # really quantised, not passed through
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name, opts", [("int8", {}), ("int8", {"stochastic_rounding": True}), ("int4", {}),
+                                        ("int4", {"stochastic_rounding": True}), ("nf4", {}),
+                                        ("int8", {"block_size": 5})], ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_fused_encode_decoded_equals_the_receivers_decode(name, opts, shape, dtype):
+    """transmit rebuilds the decoded values while encoding: they must be what a
+    receiver decodes from the same bytes, bit for bit, and the bytes the same."""
+    x = sample(shape).to(dtype)
+    codec = make(name, **opts)
+    wire, decoded = codec.encode_decoded(x, KEY)
+    assert torch.equal(wire, codec.encode(x, KEY))
+    receiver = codec.decode(wire, x)
+    assert decoded.dtype == receiver.dtype and torch.equal(decoded, receiver)
+
+
 def test_partial_last_block_has_its_own_scale():
     # blocks of 3: [1, 2, 3], [4, 5, 6], [0.01] -- the last block alone must come back exact
     x = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.01])
