@@ -14,7 +14,7 @@ from torch import nn
 
 from fedmpi.data.federated import to_device
 from fedmpi.metering.client_memory import ClientMemoryMeter
-from fedmpi.metering.flops import FlopMeter, shape_key
+from fedmpi.metering.flops import FlopMeter, sequence_length, shape_key
 from fedmpi.metering.formulas import optimizer_step_flops
 
 __all__ = ["Batch", "LocalStats", "make_optimizer", "to_device", "train_steps"]
@@ -68,8 +68,10 @@ def train_steps(model: nn.Module, batches: Iterable[Batch], optimizer: torch.opt
             return loss
 
         key = (tag, id(model), shape_key(batch))
-        with memory.measure(key, model, optimizer):
-            loss, flops = meter.run(key, step)
+        seq = sequence_length(batch)
+        length = None if seq is None else ((tag, id(model), seq[0]), seq[1])
+        with memory.measure(key, model, optimizer, label=(tag, key[2]), length=length):
+            loss, flops = meter.run(key, step, length=length)
             if after_backward is not None:
                 flops += after_backward()
             flops += optimizer_step_flops(optimizer) if meter.enabled else 0

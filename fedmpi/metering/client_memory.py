@@ -79,16 +79,28 @@ class ClientMemoryMeter:
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self._done: set[Hashable] = set()
+        self._longest: dict[Hashable, int] = {}  # family -> the longest sequence measured
         self.heaviest: ClientMemory | None = None
         self.checked = False  # the cap was enforced against the heaviest so far
 
     @contextmanager
-    def measure(self, key: Hashable, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> Iterator[None]:
-        """Wrap one whole client step (forward, backward, optimizer step)."""
+    def measure(self, key: Hashable, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                label: Hashable | None = None, length: tuple[Hashable, int] | None = None) -> Iterator[None]:
+        """Wrap one whole client step (forward, backward, optimizer step), once per `key`;
+        `label` is what summaries show of it (a key may hold a process-local id). With
+        `length` = (the key without its sequence length, L), a step no longer than one
+        already measured of the same family is skipped: every part of a step's memory
+        grows with L, and only the heaviest step is reported and enforced."""
         if not self.enabled or key in self._done:
             yield
             return
         self._done.add(key)
+        if length is not None:
+            family, n = length
+            if n <= self._longest.get(family, -1):
+                yield
+                return
+            self._longest[family] = n
         state = dict(_storage(t) for t in list(model.parameters()) + list(model.buffers()))
         saved: dict[int, int] = {}
 
@@ -105,7 +117,8 @@ class ClientMemoryMeter:
         opt = {_storage(t) for st in (optimizer.state.values() if optimizer is not None else [])
                for t in st.values() if isinstance(t, torch.Tensor)}
         m = ClientMemory(weights=sum(state[p] for p in touched.seen), gradients=sum(n for _, n in grads),
-                         optimizer=sum(n for _, n in opt), activations=sum(saved.values()), key=str(key))
+                         optimizer=sum(n for _, n in opt), activations=sum(saved.values()),
+                         key=str(key if label is None else label))
         if self.heaviest is None or m.total > self.heaviest.total:
             self.heaviest = m
             self.checked = False

@@ -56,6 +56,29 @@ def test_measured_once_per_key_and_the_heaviest_kept():
     assert len(meter._done) == 2
 
 
+def test_a_step_no_longer_than_one_measured_is_skipped_and_the_heaviest_is_the_same():
+    """With sequence lengths given, shorter steps of a measured family are not measured
+    again (memory grows with the length), and the heaviest equals measuring every step."""
+    def heaviest(with_length: bool):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+        opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+        meter = ClientMemoryMeter()
+        measured = []
+        for n in (12, 5, 30, 17, 30, 3, 31):
+            key = ("train", n)
+            before = meter.heaviest
+            with meter.measure(key, model, opt, length=("fam", n) if with_length else None):
+                step(model, opt, torch.randn(4 * n, 8))
+            measured.append(meter.heaviest is not before)
+        return meter.heaviest, measured
+
+    every, _ = heaviest(False)
+    skipping, measured = heaviest(True)
+    assert skipping == every and every.activations > 0
+    assert measured == [True, False, True, False, False, False, True]  # 12, 30, 31: each longer than before
+
+
 def test_a_need_over_the_cap_refuses_the_run_on_every_rank():
     need = ClientMemory(weights=3 * 2**20, gradients=2**20, optimizer=2 * 2**20, activations=2**20, key="k")
     assert over_cap(need, 8) is None and over_cap(need, None) is None

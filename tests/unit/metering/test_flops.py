@@ -70,3 +70,89 @@ def test_train_steps_counts_the_optimizer_step():
     bwd = 2 * 8 * 4 * 16 + 8 * 4 + 4 * 8 * 4  # weight grad, bias grad (row sum); mean' (/32), square' (2 x^1 g: 3)
     step = 13 * n + 2
     assert stats.flops == 3 * (fwd + bwd + step)
+
+
+# -- new sequence lengths predicted by a checked quadratic (LengthFit) ------------------------------
+def _fake_counter(monkeypatch, truth, current):
+    """FlopCounterMode replaced: the 'counted' FLOPs of a step are truth(current length)."""
+    from fedmpi.metering import flops as F
+
+    class Counter:
+        def __init__(self, **_):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def get_total_flops(self):
+            return truth(current["n"])
+
+    monkeypatch.setattr(F.fc, "FlopCounterMode", Counter)
+
+
+def test_length_fit_predicts_exactly_only_after_its_checks(monkeypatch):
+    from fedmpi.metering import flops as F
+
+    truth = lambda n: 7 + 300 * n + 11 * n * n  # noqa: E731
+    current = {}
+    _fake_counter(monkeypatch, truth, current)
+    meter = F.FlopMeter()
+    for n in (24, 7, 31, 12, 5, 30, 17, 3):
+        current["n"] = n
+        _, flops = meter.run(("k", n), lambda: None, length=("fam", n))
+        assert flops == truth(n)
+    # three points for the fit, two checks, then every new length is predicted, not counted
+    assert (meter.counted_calls, meter.predicted_calls) == (3 + F.LengthFit.CHECKS, 8 - 3 - F.LengthFit.CHECKS)
+
+
+def test_length_fit_turns_off_for_good_on_a_miss(monkeypatch):
+    from fedmpi.metering import flops as F
+
+    truth = lambda n: n ** 3 + 5 * n  # noqa: E731  (not a quadratic: the first check misses)
+    current = {}
+    _fake_counter(monkeypatch, truth, current)
+    meter = F.FlopMeter()
+    lengths = (4, 9, 2, 13, 6, 21, 17, 8)
+    for n in lengths:
+        current["n"] = n
+        assert meter.run(("k", n), lambda: None, length=("fam", n))[1] == truth(n)
+    assert meter.predicted_calls == 0 and meter.counted_calls == len(lengths)
+
+
+def test_length_fit_refuses_a_fractional_prediction():
+    from fedmpi.metering.flops import LengthFit
+
+    fit = LengthFit()
+    for x, y in ((1, 0), (3, 1), (5, 0)):  # the parabola through them is 3/4 at 2
+        fit.learn(x, y)
+    assert fit.predict(2) is None
+
+
+def test_real_bert_steps_of_new_lengths_are_predicted_as_counted():
+    """On real BERT training steps, with padding masks: every predicted count equals the
+    dispatch mode's, and after the fit's 3 + CHECKS lengths nothing more is counted."""
+    from fedmpi.metering.flops import LengthFit, sequence_length
+
+    cfg = ModelConfig(name="tiny-bert", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    model = build_model(cfg, 2, seed=0)
+    counted, fitted = FlopMeter(), FlopMeter()
+    lengths = (24, 7, 31, 12, 5, 30, 17, 3, 29, 2)
+    for n in lengths:
+        mask = torch.ones(4, n, dtype=torch.long)
+        mask[0, n // 2:] = 0
+        batch = {"input_ids": torch.randint(0, 100, (4, n)), "attention_mask": mask,
+                 "token_type_ids": torch.zeros(4, n, dtype=torch.long), "labels": torch.tensor([0, 1, 1, 0])}
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            model(**batch).loss.backward()
+
+        key = ("train", shape_key(batch))
+        family, length = sequence_length(batch)
+        assert length == n and all(-1 in dims for name, dims in family if name != "labels")
+        assert counted.run(key, step)[1] == fitted.run(key, step, length=(family, length))[1]
+    assert fitted.counted_calls == 3 + LengthFit.CHECKS
+    assert fitted.predicted_calls == len(lengths) - 3 - LengthFit.CHECKS
