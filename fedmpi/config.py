@@ -62,10 +62,23 @@ class DataConfig:
                                         help="share of the training data held out (seeded); 0: none")
     evaluate: str = option("test", choices=("test", "validation"),
                            help="score the global model on the test split or on the held-out validation split")
+    # The local-only baseline (FedTune's 'federated beats local training'): one client of a
+    # federation trains alone on exactly the part that federation would give it.
+    only_client: int | None = option(None, check=at_least(0),
+                                     help="train on this client's part alone (with federation.num_clients 1)")
+    partition_clients: int | None = option(None, check=positive,
+                                           help="with data.only_client: the size of the federation whose "
+                                                "partition (same seed, scheme, alpha) is reproduced")
 
     def validate(self) -> None:
         if self.evaluate == "validation" and self.validation_fraction <= 0:
             raise ConfigError("data.evaluate: validation needs data.validation_fraction > 0")
+        if (self.only_client is None) != (self.partition_clients is None):
+            raise ConfigError("data.only_client and data.partition_clients go together: the client, and the "
+                              "federation whose partition it is taken from")
+        if self.only_client is not None and self.only_client >= self.partition_clients:
+            raise ConfigError(f"data.only_client {self.only_client} is not a client of a federation of "
+                              f"data.partition_clients {self.partition_clients} (0..{self.partition_clients - 1})")
 
 
 @dataclass
@@ -305,6 +318,9 @@ class ExperimentConfig:
         if fed.clients_per_round > fed.num_clients:
             raise ConfigError(f"federation.clients_per_round ({fed.clients_per_round}) > "
                               f"federation.num_clients ({fed.num_clients})")
+        if self.data.only_client is not None and fed.num_clients != 1:
+            raise ConfigError(f"data.only_client trains one client alone: set federation.num_clients 1 "
+                              f"(it is {fed.num_clients})")
         TASKS.get(self.task).check(self)
         ALGORITHMS.get(self.algorithm).check(self)
         METHODS.get(self.method.name).check(self)

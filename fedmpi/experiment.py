@@ -76,6 +76,8 @@ def preflight(cfg: ExperimentConfig) -> tuple[Task, Dataset, list[np.ndarray]]:
     task = TASKS.get(cfg.task)(cfg)
     dataset = task.load_data()
     parts = task.partition(dataset)
+    if cfg.data.only_client is not None:  # the local-only baseline: that client's part, alone
+        parts = [parts[cfg.data.only_client]]
     backdoor.check(cfg.attack, dataset, cfg.federation)
     tracker.check(cfg.output.tracker)
     return task, dataset, parts

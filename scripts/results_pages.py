@@ -102,6 +102,45 @@ def strategies(runs: Path) -> str:
     return "\n".join(parts)
 
 
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{mean:.4f} (n=1)"
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.4f} ± {std:.4f} (n={len(values)})"
+
+
+def baselines(runs: Path) -> str:
+    """Federated vs centralised (seeds) vs local-only (one run per client: their mean is the baseline)."""
+    parts = []
+    for method in ("full",):
+        rows = _runs(runs, f"baselines-{method}")
+        local = _runs(runs, "baselines-local")
+        if not rows and not local:
+            continue
+        parts.append(f"### {method}\n\n| setting | final accuracy, mean ± std | runs | client FLOPs (per run) | "
+                     "bytes up+down (per run) |\n|---|---:|---|---:|---:|")
+        for case in ("federated", "centralised"):
+            got = [(f, s) for c, f, s in rows if c == case]
+            if not got:
+                continue
+            accs = [s["final_accuracy"] for _, s in got]
+            flops = sum(s["total_client_flops"] for _, s in got) / len(got)
+            nbytes = sum(s["total_bytes_up"] + s["total_bytes_down"] for _, s in got) / len(got)
+            parts.append(f"| {case} | {_mean_std(accs)} | {', '.join(f.name for f, _ in got)} | {flops:.3g} | "
+                         f"{nbytes:,.0f} |")
+        if local:
+            accs = [s["final_accuracy"] for _, _, s in local]
+            parts.append(f"| local-only (mean over {len(accs)} clients, each alone) | {_mean_std(accs)} | "
+                         f"{local[0][1].name} … {local[-1][1].name} | "
+                         f"{sum(s['total_client_flops'] for _, _, s in local) / len(local):.3g} | "
+                         "0 (nothing is exchanged; the runs' own download/upload rows are not counted) |")
+        parts.append("")
+    return "\n".join(parts)
+
+
 def fill(page: Path, tables: str) -> None:
     text = page.read_text()
     pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
@@ -115,6 +154,7 @@ def main() -> None:
     runs = Path(args.runs)
     fill(ROOT / "docs/results/compression.md", compression(runs))
     fill(ROOT / "docs/results/strategies.md", strategies(runs))
+    fill(ROOT / "docs/results/baselines.md", baselines(runs))
 
 
 if __name__ == "__main__":

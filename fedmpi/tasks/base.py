@@ -35,8 +35,14 @@ class Task:
         raise NotImplementedError
 
     def partition(self, dataset: Dataset) -> list[np.ndarray]:
-        """Each client's training sample indices."""
+        """Each client's training sample indices (of `partition_clients()` clients)."""
         raise NotImplementedError
+
+    def partition_clients(self) -> int:
+        """How many clients the training set is cut for: the federation's, or, for the
+        local-only baseline, the federation's whose part one client trains on alone."""
+        d = self.cfg.data
+        return self.cfg.federation.num_clients if d.only_client is None else d.partition_clients
 
     def tokenizer(self) -> Any:
         raise NotImplementedError

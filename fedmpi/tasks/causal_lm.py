@@ -307,7 +307,7 @@ class CausalLM(Task):
     def partition(self, dataset: Dataset) -> list[np.ndarray]:
         from fedmpi.data.partition import partition
 
-        d, n, train = self.cfg.data, self.cfg.federation.num_clients, dataset.train
+        d, n, train = self.cfg.data, self.partition_clients(), dataset.train
         if d.partition == "natural":
             from fedmpi.data.chitchat import natural_partition
 

@@ -44,7 +44,7 @@ class Classification(Task):
 
     def partition(self, dataset: Dataset) -> list[np.ndarray]:
         d = self.cfg.data
-        return partition(dataset.train.labels, self.cfg.federation.num_clients, d.partition, alpha=d.alpha,
+        return partition(dataset.train.labels, self.partition_clients(), d.partition, alpha=d.alpha,
                          shards_per_client=d.shards_per_client, seed=self.cfg.seed)
 
     def tokenizer(self) -> Any:
