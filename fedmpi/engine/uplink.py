@@ -19,6 +19,7 @@ import torch
 
 from fedmpi.engine.aggregate import Aggregator, GatherAggregator, RoundSum
 from fedmpi.metering.ledger import UP
+from fedmpi.net.flat import flatten
 from fedmpi.strategies.norm_clip import NormClip, clip_to_norm
 from fedmpi.strategies.robust import RobustAggregator
 
@@ -91,9 +92,4 @@ class Uplink:
         buf = self._wide
         if buf is None or buf.numel() != n or buf.device != params[0].device:
             buf = self._wide = torch.empty(n, dtype=torch.float64, device=params[0].device)
-        offset = 0
-        for p in params:
-            k = p.numel()
-            buf[offset:offset + k].copy_(p.detach().reshape(-1))
-            offset += k
-        return buf.add_(delta.to(buf.device))
+        return flatten(params, out=buf).add_(delta.to(buf.device))
