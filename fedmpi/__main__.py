@@ -1,5 +1,3 @@
-import sys
+from fedmpi.cli import entry
 
-from fedmpi.cli import main
-
-sys.exit(main())
+entry()

@@ -124,3 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def entry() -> None:
+    """The `fedmpi` command (and `python -m fedmpi`): main(), then a quick exit (fedmpi/quick_exit.py)."""
+    from fedmpi.quick_exit import exit_now
+
+    exit_now(main())

@@ -154,7 +154,9 @@ def _leave_stopped(rt, shutdown) -> int:
     from datetime import timedelta
 
     from fedmpi import signals
+    from fedmpi.quick_exit import leave_ordinarily
 
+    leave_ordinarily()  # Hydra, once signalled, needs its ranks to leave the slow way (fedmpi/quick_exit.py)
     rt.any_rank(True)  # every rank has done its part of the stop
     if not rt.is_server:
         shutdown()

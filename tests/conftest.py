@@ -36,7 +36,12 @@ class Run:
 
 def launch(tmp_path: Path, ranks: int, *overrides: str, config: Path | str = TINY, name: str = "run",
            timeout: float = 300, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Run:
-    """`fedmpi launch -n ranks config --set ...` with output under tmp_path."""
+    """`fedmpi launch -n ranks config --set ...` with output under tmp_path.
+
+    A launch costs ~10 s of imports (torch, transformers) per rank process on 2 cores, far
+    more than a tiny run's rounds: a test of one feature launches 2 ranks (the server and
+    one client rank hosting every client); 3 or more where ranks are the point (packing,
+    signals reaching every rank, clients moving between ranks)."""
     sets = [f"output.dir={tmp_path}", f"name={name}", "output.progress=false", *overrides]
     cmd = [sys.executable, "-m", "fedmpi", "launch", "-n", str(ranks), str(config), *extra]
     for s in sets:

@@ -8,7 +8,7 @@ from conftest import assert_ok, launch
 
 @pytest.mark.mpi
 def test_backdoor_run_reports_asr(tmp_path):
-    run = launch(tmp_path, 3, "attack.malicious_fraction=0.5", "attack.poison_rate=0.5", "attack.target_label=1",
+    run = launch(tmp_path, 2, "attack.malicious_fraction=0.5", "attack.poison_rate=0.5", "attack.target_label=1",
                  "federation.rounds=2", name="backdoor", timeout=600)
     assert_ok(run)
     evaluated = [m for m in run.metrics if m["accuracy"] is not None]
@@ -21,7 +21,7 @@ def test_backdoor_verdict_fields_and_guaranteed_participation(tmp_path):
     """1 of 6 clients malicious (attack.malicious_fraction=0.17), at least 1 in every round's
     sample: 2 malicious client-rounds in 2 rounds; each evaluation reports ASR beside the
     same model's untriggered rate on the same samples."""
-    run = launch(tmp_path, 3, "attack.malicious_fraction=0.17", "attack.min_malicious_per_round=1",
+    run = launch(tmp_path, 2, "attack.malicious_fraction=0.17", "attack.min_malicious_per_round=1",
                  "attack.target_label=1", "federation.rounds=2", name="quota", timeout=600)
     assert_ok(run)
     assert [m["malicious_clients"] for m in run.metrics] == [1, 1]

@@ -20,7 +20,7 @@ def _model(*overrides: str):
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_fedavg_client_memory_is_the_model_its_gradients_and_adamw_state(tmp_path, method):
-    run = launch(tmp_path, 3, f"method.name={method}", name=method)
+    run = launch(tmp_path, 2, f"method.name={method}", name=method)
     assert_ok(run)
     mem = run.summary["client_memory"]
     model = _model(f"method.name={method}")
@@ -36,7 +36,7 @@ def test_fedavg_client_memory_is_the_model_its_gradients_and_adamw_state(tmp_pat
 
 
 def test_a_split_client_holds_only_its_head_and_tail(tmp_path):
-    run = launch(tmp_path, 3, "federation.rounds=1", config=ROOT / "configs" / "tiny_splitfed.yaml")
+    run = launch(tmp_path, 2, "federation.rounds=1", config=ROOT / "configs" / "tiny_splitfed.yaml")
     assert_ok(run)
     s = run.summary
     mem = s["client_memory"]
@@ -45,7 +45,7 @@ def test_a_split_client_holds_only_its_head_and_tail(tmp_path):
 
 
 def test_a_memory_cap_below_the_need_refuses_the_run(tmp_path):
-    run = launch(tmp_path, 3, "compute.client_memory_mb=1")
+    run = launch(tmp_path, 2, "compute.client_memory_mb=1")
     assert run.proc.returncode == 2
     err = run.proc.stderr
     assert "fedmpi: error: a client needs" in err and "compute.client_memory_mb is 1" in err

@@ -18,25 +18,25 @@ def runs(tmp_path_factory):
     sets = ("federation.rounds=3", "federation.num_clients=7", "federation.clients_per_round=5",
             "network.heterogeneity=0.5", "compute.heterogeneity=0.3", "data.partition=dirichlet")
     three = launch(tmp, 3, *sets, name="r3")
-    five = launch(tmp, 5, *sets, name="r5")
+    four = launch(tmp, 4, *sets, name="r4")
     # the engine as before issue 16: clients fixed to ranks by id, evaluation after each round
     by_id = launch(tmp, 3, *sets, "runtime.assignment=round_robin", "runtime.overlap_evaluation=false",
                    name="r3-by-id")
     assert_ok(three)
-    assert_ok(five)
+    assert_ok(four)
     assert_ok(by_id)
-    return three, five, by_id
+    return three, four, by_id
 
 
-def test_same_seed_same_metrics_on_3_and_5_ranks(runs):
-    three, five, _ = runs
+def test_same_seed_same_metrics_on_3_and_4_ranks(runs):
+    three, four, _ = runs
     strip = lambda rows: [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
-    assert strip(three.metrics) == strip(five.metrics)
-    assert three.ledger == five.ledger
-    s3, s5 = three.summary, five.summary
+    assert strip(three.metrics) == strip(four.metrics)
+    assert three.ledger == four.ledger
+    s3, s4 = three.summary, four.summary
     for key in ("final_accuracy", "final_loss", "total_bytes_up", "total_bytes_down", "total_client_flops",
                 "emulated_seconds"):
-        assert s3[key] == s5[key], key
+        assert s3[key] == s4[key], key
 
 
 def test_assignment_and_overlapped_evaluation_leave_the_run_unchanged(runs):

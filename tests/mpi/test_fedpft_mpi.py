@@ -19,7 +19,7 @@ RUN = [f"model.num_layers={L}", "algorithm=fedpft", "federation.rounds=4", "trai
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
     """One uninterrupted FedPFT run, shared by the training and resume tests."""
-    run = launch(tmp_path_factory.mktemp("fedpft"), 3, *RUN, "output.checkpoint=true", timeout=600)
+    run = launch(tmp_path_factory.mktemp("fedpft"), 2, *RUN, "output.checkpoint=true", timeout=600)
     assert_ok(run)
     return run
 
@@ -61,7 +61,7 @@ def test_fedpft_trains_under_mpi_and_charges_stats(whole):
 
 
 def test_no_align_mode_sends_no_stats(tmp_path):
-    run = launch(tmp_path, 3, *RUN, "options.mode=no_align", "federation.rounds=2", timeout=600)
+    run = launch(tmp_path, 2, *RUN, "options.mode=no_align", "federation.rounds=2", timeout=600)
     assert_ok(run)
     kinds = {r["kind"] for r in run.ledger}
     assert "stats" not in kinds and "submodel" not in kinds and "init" in kinds
@@ -69,7 +69,7 @@ def test_no_align_mode_sends_no_stats(tmp_path):
 
 
 def test_bad_option_ends_the_job_with_a_clear_message(tmp_path):
-    run = launch(tmp_path, 3, *RUN, "options.public_data=nowhere", timeout=300)
+    run = launch(tmp_path, 2, *RUN, "options.public_data=nowhere", timeout=300)
     assert run.proc.returncode != 0
     assert "options.public_data 'nowhere' not found" in run.proc.stdout + run.proc.stderr
 
@@ -78,9 +78,9 @@ def test_resume_after_a_kill_matches_the_uninterrupted_run(whole, tmp_path):
     """Set-up (sub-model download, distillation) is charged once; the aligned
     FFNs of the checkpoint reach the clients again without a charge."""
     sets = (*RUN, "output.checkpoint=true")
-    killed = launch(tmp_path, 3, *sets, name="cut", env={"FEDMPI_KILL_AT_ROUND": "3"}, timeout=600)
+    killed = launch(tmp_path, 2, *sets, name="cut", env={"FEDMPI_KILL_AT_ROUND": "3"}, timeout=600)
     assert killed.proc.returncode != 0 and [m["round"] for m in killed.metrics] == [0, 1, 2]
-    resumed = launch(tmp_path, 3, *sets, name="cut", extra=("--resume",), timeout=600)
+    resumed = launch(tmp_path, 2, *sets, name="cut", extra=("--resume",), timeout=600)
     assert_ok(resumed)
     assert resumed.ledger == whole.ledger
     # the cluster's own transport differs: the resumed job re-sends the aligned FFNs, uncharged

@@ -16,7 +16,7 @@ def test_a_round_nobody_finishes_writes_null_with_a_note_and_explicit_figures_wi
     (the quickstart's wifi with a phone's bandwidth): every download is charged at
     20 Mbit/s with wifi's 10 ms latency, and config.yaml records the figures used.
     A 1 ms deadline cuts every client: the loss is null with the reason beside it."""
-    run = launch(tmp_path, 3, "federation.rounds=2", "federation.deadline_s=0.001", "network.profile=wifi",
+    run = launch(tmp_path, 2, "federation.rounds=2", "federation.deadline_s=0.001", "network.profile=wifi",
                  "network.up_mbps=5", "network.down_mbps=20")
     assert_ok(run)
     for f in ("metrics.jsonl", "ledger.jsonl", "summary.json"):

@@ -124,7 +124,7 @@ TOY = ("task=test_seams:ToyRegression", "federation.num_clients=5", "federation.
 
 
 def test_a_task_plugs_in_without_touching_the_engine(tmp_path):
-    run = launch(tmp_path, 3, *TOY, env=ENV)
+    run = launch(tmp_path, 2, *TOY, env=ENV)
     assert_ok(run)
     mse = [m["mse"] for m in run.metrics]
     assert mse[-1] < 0.2 * mse[0]  # it learns the linear map
@@ -134,7 +134,7 @@ def test_a_task_plugs_in_without_touching_the_engine(tmp_path):
 
 
 def test_a_codec_plugs_in_and_its_bytes_are_charged(tmp_path):
-    run = launch(tmp_path, 3, "transport.up.name=test_seams:Half", "federation.rounds=2", env=ENV)
+    run = launch(tmp_path, 2, "transport.up.name=test_seams:Half", "federation.rounds=2", env=ENV)
     assert_ok(run)
     state = run.summary["trainable_params"]
     ups = [r for r in run.ledger if r["kind"] == "update"]
@@ -144,7 +144,7 @@ def test_a_codec_plugs_in_and_its_bytes_are_charged(tmp_path):
 
 
 def test_a_server_strategy_plugs_in(tmp_path):
-    run = launch(tmp_path, 3, *TOY, "strategy.server.name=test_seams:KeepGlobal", env=ENV)
+    run = launch(tmp_path, 2, *TOY, "strategy.server.name=test_seams:KeepGlobal", env=ENV)
     assert_ok(run)
     mse = {m["mse"] for m in run.metrics}
     assert len(mse) == 1  # the global model never changed, though clients trained

@@ -26,7 +26,7 @@ def tiny():
 
 @pytest.mark.mpi
 def test_bad_split_fails_the_run_with_a_clear_message(tmp_path):
-    run = launch(tmp_path, 3, "options.split_head_layers=2", config=SPLITFED, timeout=TIMEOUT)
+    run = launch(tmp_path, 2, "options.split_head_layers=2", config=SPLITFED, timeout=TIMEOUT)
     assert run.proc.returncode != 0
     text = run.proc.stdout + run.proc.stderr
     assert "options.split_head_layers (2) + options.split_tail_layers (1)" in text
@@ -40,7 +40,7 @@ def _rows(run, **match):
 
 @pytest.mark.mpi
 def test_splitfed_trains_and_activation_bytes_are_exact(tmp_path, tiny):
-    run = launch(tmp_path, 3, config=SPLITFED, timeout=TIMEOUT)
+    run = launch(tmp_path, 2, config=SPLITFED, timeout=TIMEOUT)
     assert_ok(run)
     cfg, _, data = tiny
     losses = [m["loss"] for m in run.metrics]
@@ -78,9 +78,9 @@ def test_splitfed_with_one_client_is_fedavg_exactly(tmp_path):
     must then be full fine-tuning, computed over the wire, to the last bit."""
     common = ("federation.clients_per_round=1", "federation.rounds=2", "train.local_steps=4",
               "options.prompt_tokens=0", "options.splitfed_version=v1")
-    split = launch(tmp_path, 3, *common, config=SPLITFED, name="split", timeout=TIMEOUT)
+    split = launch(tmp_path, 2, *common, config=SPLITFED, name="split", timeout=TIMEOUT)
     assert_ok(split)
-    full = launch(tmp_path, 3, *common, "algorithm=fedavg", "options={}", config=SPLITFED, name="full",
+    full = launch(tmp_path, 2, *common, "algorithm=fedavg", "options={}", config=SPLITFED, name="full",
                   timeout=TIMEOUT)
     assert_ok(full)
     for a, b in zip(split.metrics, full.metrics):
@@ -95,7 +95,7 @@ def test_sfprompt_trains_prompt_and_tail_with_a_frozen_body(tmp_path):
     pooler and classifier; the [CLS] row of a *random* 3-layer body barely depends on the
     input (loss stays at 0.69 for 8 rounds, any lr), so learning is shown with one tail
     layer, which reads every row."""
-    run = launch(tmp_path, 3, "options.prune_ratio=1.0", "federation.rounds=1", config=SFPROMPT, timeout=TIMEOUT)
+    run = launch(tmp_path, 2, "options.prune_ratio=1.0", "federation.rounds=1", config=SFPROMPT, timeout=TIMEOUT)
     assert_ok(run)
     s = run.summary
     assert s["server_trainable_params"] == 0 and s["server_params"] > 0
@@ -108,7 +108,7 @@ def test_sfprompt_trains_prompt_and_tail_with_a_frozen_body(tmp_path):
     assert {r["bytes"] for r in _rows(run, kind="update")} == {s["client_trainable_params"] * 4}
     assert (s["tail_receives"], s["head_gradient_rows"]) == ("[CLS] row", "prompt rows (4)")
 
-    deep = launch(tmp_path, 3, "options.prune_ratio=1.0", "options.split_tail_layers=1", "federation.rounds=8",
+    deep = launch(tmp_path, 2, "options.prune_ratio=1.0", "options.split_tail_layers=1", "federation.rounds=8",
                   config=SFPROMPT, name="tail1", timeout=TIMEOUT)
     assert_ok(deep)
     losses = [m["loss"] for m in deep.metrics]
@@ -127,7 +127,7 @@ def test_sfprompt_pruning_and_local_loss_on_the_wire(tmp_path):
     cfg = load_config(SFPROMPT)
     runs = {}
     for steps in (0, 3):
-        runs[steps] = launch(tmp_path, 3, "federation.rounds=1", f"options.local_loss_steps={steps}",
+        runs[steps] = launch(tmp_path, 2, "federation.rounds=1", f"options.local_loss_steps={steps}",
                              config=SFPROMPT, name=f"ll{steps}", timeout=TIMEOUT)
         assert_ok(runs[steps])
     messages = {k: sorted((r["client"], r["direction"], r["kind"]) for r in run.ledger if r["bytes"])
@@ -161,7 +161,7 @@ def test_sfprompt_pruning_and_local_loss_on_the_wire(tmp_path):
 def test_sfprompt_on_a_vit_splits_at_the_patch_embedding(tmp_path, shared_data):
     """The paper's model family: a ViT on MNIST. The client holds the patch embedding + prompt and
     the final LayerNorm + classifier; images have no padding, so no mask crosses."""
-    run = launch(tmp_path, 3, "algorithm=sfprompt", "model.name=tiny-vit", "model.image_size=28",
+    run = launch(tmp_path, 2, "algorithm=sfprompt", "model.name=tiny-vit", "model.image_size=28",
                  "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
                  "data.name=mnist", f"data.path={shared_data}", "data.max_train_samples=64",
                  "data.max_test_samples=64", "options.prompt_tokens=4", "federation.rounds=2",

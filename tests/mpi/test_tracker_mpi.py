@@ -12,7 +12,7 @@ def test_tensorboard_events_hold_every_round(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run = launch(tmp_path, 3, "output.tracker=tensorboard", "federation.rounds=3")
+    run = launch(tmp_path, 2, "output.tracker=tensorboard", "federation.rounds=3")
     assert_ok(run)
     acc = EventAccumulator(str(run.dir / "tensorboard"))
     acc.Reload()
@@ -27,7 +27,7 @@ def test_mlflow_run_in_the_run_folder(tmp_path):
     pytest.importorskip("sqlalchemy")
     import mlflow
 
-    run = launch(tmp_path, 3, "output.tracker=mlflow", "federation.rounds=2")
+    run = launch(tmp_path, 2, "output.tracker=mlflow", "federation.rounds=2")
     assert_ok(run)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run.dir / 'mlflow.db'}")
     run_id = (run.dir / "mlflow_run_id").read_text().strip()

@@ -13,7 +13,7 @@ ROUNDS, PER_ROUND = 3, 4
 
 @pytest.mark.parametrize("backbone,method,lr", [("tiny-vit", "full", 3e-3), ("tiny-clip", "prompt", 3e-2)])
 def test_vision_on_mnist(tmp_path, shared_data, backbone, method, lr):
-    run = launch(tmp_path, 3, f"model.name={backbone}", "data.name=mnist", f"data.path={shared_data}",
+    run = launch(tmp_path, 2, f"model.name={backbone}", "data.name=mnist", f"data.path={shared_data}",
                  "data.max_train_samples=1200", f"method.name={method}", f"train.lr={lr}", "train.local_steps=5",
                  f"federation.rounds={ROUNDS}", name=f"{backbone}-{method}", timeout=600)
     assert_ok(run)

@@ -9,7 +9,7 @@ PKG = Path(__file__).resolve().parents[2] / "fedmpi"
 # Lower number = lower layer; a module may import only from its own layer or below.
 LAYERS = {
     "errors": 0, "atomic": 0, "options": 0, "registry": 0, "seeding": 0, "console": 0,
-    "signals": 0, "jsonsafe": 0, "procs": 0,
+    "signals": 0, "jsonsafe": 0, "procs": 0, "quick_exit": 0,
     "config": 1,
     "runtime": 2, "metering": 2,
     "net": 3, "data": 3, "models": 3,
