@@ -141,6 +141,104 @@ def baselines(runs: Path) -> str:
     return "\n".join(parts)
 
 
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def paired_interval(a: list[float], b: list[float]) -> tuple[float, float, float] | None:
+    """Mean of the per-seed differences a - b and its 95% t interval (None under 2 pairs)."""
+    d = [x - y for x, y in zip(a, b)]
+    if len(d) < 2:
+        return None
+    mean = sum(d) / len(d)
+    sd = (sum((x - mean) ** 2 for x in d) / (len(d) - 1)) ** 0.5
+    half = T95.get(len(d) - 1, 1.96) * sd / len(d) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def plateau(folder: Path, last: int = 5) -> float:
+    """Mean test accuracy over the last `last` evaluated rounds: the plateau a curve sits on,
+    less noisy than its final point."""
+    accs = [m["accuracy"] for m in _metrics(folder) if m.get("accuracy") is not None]
+    tail = accs[-last:]
+    return sum(tail) / len(tail)
+
+
+def choose_lr(got: list[tuple[float, float]], tie: float = 0.01) -> float:
+    """The learning rate of (lr, validation accuracy) pairs (sorted by lr): the best, where any
+    within `tie` of it counts as tied and a tie goes to the rate nearest the grid's middle."""
+    best = max(acc for _, acc in got)
+    middle = (len(got) - 1) / 2
+    tied = [i for i, (_, acc) in enumerate(got) if acc >= best - tie]
+    return got[min(tied, key=lambda i: (abs(i - middle), i))][0]
+
+
+def lr_grid(runs: Path) -> str:
+    """Per method: final validation accuracy at each learning rate, and the choice."""
+    rows = {}
+    for folder in sorted(runs.glob("lrgrid-*")):
+        s = _summary(folder)
+        if s is None:
+            continue
+        cfg = (folder / "config.yaml").read_text()
+        lr = float(re.search(r"^  lr: (.+)$", cfg, re.M).group(1))
+        method = folder.name[len("lrgrid-"):].rsplit("-lr", 1)[0]
+        rows.setdefault(method, []).append((lr, s["final_accuracy"], s["wall_seconds"]))
+    if not rows:
+        return "(the lr grid has not run yet)"
+    out = ["| method | lr → final validation accuracy (10 rounds) | chosen lr (ties within 1 point: the middle) | "
+           "wall s per run |",
+           "|---|---|---:|---:|"]
+    for method, got in rows.items():
+        got.sort()
+        chosen = choose_lr([(lr, acc) for lr, acc, _ in got])
+        cells = ", ".join(f"{lr:g} → {acc:.4f}" for lr, acc, _ in got)
+        wall = sum(w for _, _, w in got) / len(got)
+        out.append(f"| {method} | {cells} | {chosen:g}{'' if len(got) == 3 else ' (grid incomplete)'} | {wall:.0f} |")
+    return "\n".join(out)
+
+
+def reference(runs: Path) -> str:
+    """Federated full fine-tuning vs the centralised fine-tune of the same budget, per seed."""
+    got = {case: {f.name.rsplit("-s", 1)[1]: (f, s) for c, f, s in _runs(runs, "reference") if c == case}
+           for case in ("federated", "centralised")}
+    if not any(got.values()):
+        return "(the reference runs have not run yet)"
+    out = ["| setting | seed | final accuracy | plateau (mean of the last 5 rounds) | best | wall s |",
+           "|---|---|---:|---:|---:|---:|"]
+    for case, by_seed in got.items():
+        for seed, (f, s) in sorted(by_seed.items()):
+            accs = [m["accuracy"] for m in _metrics(f) if m.get("accuracy") is not None]
+            out.append(f"| {case} | {seed} | {s['final_accuracy']:.4f} | {plateau(f):.4f} | {max(accs):.4f} | "
+                       f"{s['wall_seconds']:.0f} |")
+    for case, by_seed in got.items():
+        if by_seed:
+            out.append(f"| **{case}, mean ± std** | {len(by_seed)} seeds | "
+                       f"{_mean_std([s['final_accuracy'] for _, s in by_seed.values()])} | "
+                       f"{_mean_std([plateau(f) for f, _ in by_seed.values()])} | | |")
+    seeds = sorted(set(got["federated"]) & set(got["centralised"]))
+    pairs = paired_interval([plateau(got["centralised"][k][0]) for k in seeds],
+                            [plateau(got["federated"][k][0]) for k in seeds])
+    out.append("")
+    if pairs is None:
+        gaps = [plateau(got["centralised"][k][0]) - plateau(got["federated"][k][0]) for k in seeds]
+        out.append(f"Plateau gap centralised − federated: {', '.join(f'{g * 100:+.1f}' for g in gaps) or '–'} points "
+                   f"({len(seeds)} paired seed{'s' if len(seeds) != 1 else ''}: no interval yet).")
+    else:
+        mean, lo, hi = pairs
+        verdict = ("no verdict under 3 seeds" if len(seeds) < 3 else "within 2 points" if hi < 0.02 else
+                   "more than 2 points" if lo > 0.02 else "not decided against 2 points")
+        out.append(f"Plateau gap centralised − federated over {len(seeds)} paired seeds: {mean * 100:+.2f} points, "
+                   f"95% interval [{lo * 100:+.2f}, {hi * 100:+.2f}]: **{verdict}**.")
+    total = sum(s["wall_seconds"] for by_seed in got.values() for _, s in by_seed.values())
+    out.append(f"\nWall time of these runs: {total:.0f} s on the 2-core machine ({total / 3600:.2f} h).")
+    return "\n".join(out)
+
+
+def campaign(runs: Path) -> str:
+    return ("### Learning rates (validation split, seed 0)\n\n" + lr_grid(runs)
+            + "\n\n### The reference: federated full fine-tuning vs centralised, same budget\n\n" + reference(runs))
+
+
 def fill(page: Path, tables: str) -> None:
     text = page.read_text()
     pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
@@ -155,6 +253,7 @@ def main() -> None:
     fill(ROOT / "docs/results/compression.md", compression(runs))
     fill(ROOT / "docs/results/strategies.md", strategies(runs))
     fill(ROOT / "docs/results/baselines.md", baselines(runs))
+    fill(ROOT / "docs/results/campaign.md", campaign(runs))
 
 
 if __name__ == "__main__":
