@@ -122,6 +122,11 @@ WIDER_MATRIX = {
     "tests/mpi/test_llm.py::test_other_methods_train_and_travel_exactly_their_state[federa-1024-extra1]",
     "tests/mpi/test_recost.py::test_recost_is_refused_when_time_decided_who_took_part",
     "tests/mpi/test_client_memory_cap.py::test_a_memory_cap_below_the_need_refuses_the_run",
+    # full fine-tuning's bytes per message: test_fedavg.py::test_bytes_are_the_trainable_state_size
+    "tests/mpi/test_peft.py::test_method_trains_and_ledger_holds_only_trainable_state[full]",
+    # device discipline of the split algorithms: the fedavg and sfprompt cases and the caught CPU tensor stay
+    "tests/unit/algorithms/test_device_discipline.py::test_every_algorithm_keeps_link_tensors_on_the_device[fedpft-path1-sets1]",
+    "tests/unit/algorithms/test_device_discipline.py::test_every_algorithm_keeps_link_tensors_on_the_device[splitfed-path2-sets2]",
 }
 
 

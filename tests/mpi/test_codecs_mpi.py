@@ -1,5 +1,6 @@
 """Codecs under real mpiexec: every ledger row charges the codec's encoded size, and a lossy
-codec with error feedback gives the same metrics on 3 and 4 ranks."""
+codec with error feedback gives the same metrics on 3 and 2 ranks (all clients on one client
+rank), and differs from the same run in fp32."""
 from __future__ import annotations
 
 import pytest
@@ -21,12 +22,12 @@ def encoded(codec, numel: int) -> int:
 
 
 def test_ledger_charges_encoded_bytes_and_packing_does_not_matter(tmp_path):
-    three, four = launch(tmp_path, 3, *SETS, name="r3"), launch(tmp_path, 4, *SETS, name="r4")
+    three, two = launch(tmp_path, 3, *SETS, name="r3"), launch(tmp_path, 2, *SETS, name="r2")
     assert_ok(three)
-    assert_ok(four)
+    assert_ok(two)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_seconds", "transport_bytes")}  # noqa: E731
                           for r in rows]
-    assert strip(three.metrics) == strip(four.metrics) and three.ledger == four.ledger
+    assert strip(three.metrics) == strip(two.metrics) and three.ledger == two.ledger
     n = three.summary["trainable_params"]
     up = {r["bytes"] for r in three.ledger if r["kind"] == "update"}
     down = {r["bytes"] for r in three.ledger if r["kind"] == "model"}
@@ -34,7 +35,7 @@ def test_ledger_charges_encoded_bytes_and_packing_does_not_matter(tmp_path):
     assert down == {encoded(FP16(), n)}
     assert up.pop() < n * 4 / 3.7 and down.pop() < n * 4 / 1.99
     assert three.summary["client_state"]["clients"] > 0  # the error-feedback residuals live in the store
-    plain = launch(tmp_path, 3, *[s for s in SETS if not s.startswith("transport.")], name="fp32")
+    plain = launch(tmp_path, 2, *[s for s in SETS if not s.startswith("transport.")], name="fp32")
     assert_ok(plain)  # the numerics are the codec's: the same run in fp32 learns a (slightly) different model
     assert [m["loss"] for m in plain.metrics][1:] != [m["loss"] for m in three.metrics][1:]
     assert abs(plain.metrics[-1]["loss"] - three.metrics[-1]["loss"]) < 0.1

@@ -18,14 +18,14 @@ def runs(tmp_path_factory):
     sets = ("federation.rounds=3", "federation.num_clients=7", "federation.clients_per_round=5",
             "network.heterogeneity=0.5", "compute.heterogeneity=0.3", "data.partition=dirichlet")
     three = launch(tmp, 3, *sets, name="r3")
-    four = launch(tmp, 4, *sets, name="r4")
-    # the engine as before issue 16: clients fixed to ranks by id, evaluation after each round
-    by_id = launch(tmp, 3, *sets, "runtime.assignment=round_robin", "runtime.overlap_evaluation=false",
-                   name="r3-by-id")
+    # 4 ranks and the engine as before issue 16 (clients fixed to ranks by id, evaluation after
+    # each round): one run checks that neither the rank count nor the assignment nor the
+    # overlapped evaluation changes a number (each launch costs ~20 s of imports here)
+    four = launch(tmp, 4, *sets, "runtime.assignment=round_robin", "runtime.overlap_evaluation=false",
+                  name="r4-by-id")
     assert_ok(three)
     assert_ok(four)
-    assert_ok(by_id)
-    return three, four, by_id
+    return three, four, four
 
 
 def test_same_seed_same_metrics_on_3_and_4_ranks(runs):

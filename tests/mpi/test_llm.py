@@ -36,8 +36,8 @@ def _stable(rows: list[dict]) -> list[dict]:
 def test_lora_bytes_rank_invariance_and_falling_loss(tmp_path: Path) -> None:
     three = launch(tmp_path, 3, *SETS, config=CONFIG, name="r3", timeout=120)
     assert_ok(three)
-    four = launch(tmp_path, 4, *SETS, config=CONFIG, name="r4", timeout=120)
-    assert_ok(four)
+    two = launch(tmp_path, 2, *SETS, config=CONFIG, name="r2", timeout=120)
+    assert_ok(two)
 
     s = three.summary
     assert s["trainable_params"] == LORA_NUMEL == 1024
@@ -47,8 +47,8 @@ def test_lora_bytes_rank_invariance_and_falling_loss(tmp_path: Path) -> None:
     assert s["communication"]["total"] == pytest.approx(ROUNDS * PER_ROUND * 2 * LORA_NUMEL * 4 / 1e6)
     assert s["communication"]["per_round"] == [pytest.approx(PER_ROUND * 2 * LORA_NUMEL * 4 / 1e6)] * ROUNDS
 
-    assert _stable(three.metrics) == _stable(four.metrics)  # clients packed 2 / 3 client ranks: same numbers
-    assert three.ledger == four.ledger
+    assert _stable(three.metrics) == _stable(two.metrics)  # clients packed on 2 / 1 client ranks: same numbers
+    assert three.ledger == two.ledger
     losses = [m["eval_loss"] for m in three.metrics]
     assert losses[-1] < losses[0]
     assert s["best_eval_loss"] == min(losses)  # a loss: best is the minimum

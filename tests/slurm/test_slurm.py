@@ -65,14 +65,14 @@ def test_sweep_job_array_writes_every_run_folder(slurm, tmp_path):
         "base": str(TINY),
         "set": {"output.dir": str(runs), "output.progress": False, "output.checkpoint": False,
                 "federation.rounds": 1},
-        "grid": {"method.name": ["lora", "bitfit", "head"]},
+        "grid": {"method.name": ["lora", "head"]},  # two array tasks: each is a launch of ~20 s here
         "name": "slurm-{method.name}",
     }, sort_keys=False))
     count = subprocess.run([sys.executable, "-m", "fedmpi", "sweep", str(grid), "--count"], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
     assert count.returncode == 0, count.stderr
     n = int(count.stdout)
-    assert n == 3
+    assert n == 2
 
     env = dict(os.environ, PYTHON=sys.executable, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     job = subprocess.run(
@@ -82,7 +82,7 @@ def test_sweep_job_array_writes_every_run_folder(slurm, tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=960)
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("slurm-*.out")))
     assert job.returncode == 0, f"sbatch --wait exit {job.returncode}: {job.stdout}{job.stderr}\n{logs}"
-    for method in ("lora", "bitfit", "head"):
+    for method in ("lora", "head"):
         summary_file = runs / f"slurm-{method}" / "summary.json"
         assert summary_file.is_file(), f"no {summary_file}\n{logs}"
         summary = json.loads(summary_file.read_text())
