@@ -38,19 +38,19 @@ def exit_now(code: int | None) -> None:
     status = 0 if code is None else int(code)
     if _ORDINARY or (status != 0 and "mpi4py.MPI" in sys.modules):
         sys.exit(status)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
+    _flush()
     atexit._run_exitfuncs()
     _finalize_mpi()
+    _flush()  # what the handlers printed
+    os._exit(status)
+
+
+def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError, AttributeError):
             pass
-    os._exit(status)
 
 
 def _finalize_mpi() -> None:

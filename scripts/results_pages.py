@@ -201,6 +201,7 @@ def reference(runs: Path) -> str:
     """Federated full fine-tuning vs the centralised fine-tune of the same budget, per seed."""
     got = {case: {f.name.rsplit("-s", 1)[1]: (f, s) for c, f, s in _runs(runs, "reference") if c == case}
            for case in ("federated", "centralised")}
+    flat = {case: {seed: plateau(f) for seed, (f, _) in by_seed.items()} for case, by_seed in got.items()}
     if not any(got.values()):
         return "(the reference runs have not run yet)"
     out = ["| setting | seed | final accuracy | plateau (mean of the last 5 rounds) | best | wall s |",
@@ -208,19 +209,18 @@ def reference(runs: Path) -> str:
     for case, by_seed in got.items():
         for seed, (f, s) in sorted(by_seed.items()):
             accs = [m["accuracy"] for m in _metrics(f) if m.get("accuracy") is not None]
-            out.append(f"| {case} | {seed} | {s['final_accuracy']:.4f} | {plateau(f):.4f} | {max(accs):.4f} | "
+            out.append(f"| {case} | {seed} | {s['final_accuracy']:.4f} | {flat[case][seed]:.4f} | {max(accs):.4f} | "
                        f"{s['wall_seconds']:.0f} |")
     for case, by_seed in got.items():
         if by_seed:
             out.append(f"| **{case}, mean ± std** | {len(by_seed)} seeds | "
                        f"{_mean_std([s['final_accuracy'] for _, s in by_seed.values()])} | "
-                       f"{_mean_std([plateau(f) for f, _ in by_seed.values()])} | | |")
+                       f"{_mean_std(list(flat[case].values()))} | | |")
     seeds = sorted(set(got["federated"]) & set(got["centralised"]))
-    pairs = paired_interval([plateau(got["centralised"][k][0]) for k in seeds],
-                            [plateau(got["federated"][k][0]) for k in seeds])
+    pairs = paired_interval([flat["centralised"][k] for k in seeds], [flat["federated"][k] for k in seeds])
     out.append("")
     if pairs is None:
-        gaps = [plateau(got["centralised"][k][0]) - plateau(got["federated"][k][0]) for k in seeds]
+        gaps = [flat["centralised"][k] - flat["federated"][k] for k in seeds]
         out.append(f"Plateau gap centralised − federated: {', '.join(f'{g * 100:+.1f}' for g in gaps) or '–'} points "
                    f"({len(seeds)} paired seed{'s' if len(seeds) != 1 else ''}: no interval yet).")
     else:
