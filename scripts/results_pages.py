@@ -168,7 +168,7 @@ def choose_lr(got: list[tuple[float, float]], tie: float = 0.01) -> float:
     within `tie` of it counts as tied and a tie goes to the rate nearest the grid's middle."""
     best = max(acc for _, acc in got)
     middle = (len(got) - 1) / 2
-    tied = [i for i, (_, acc) in enumerate(got) if acc >= best - tie]
+    tied = [i for i, (_, acc) in enumerate(got) if acc >= best - tie - 1e-9]  # exactly 1 point is tied
     return got[min(tied, key=lambda i: (abs(i - middle), i))][0]
 
 

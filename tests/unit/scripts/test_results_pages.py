@@ -14,6 +14,11 @@ def test_a_tie_within_one_point_goes_to_the_middle_rate():
     assert results_pages.choose_lr([(3e-5, 0.6362), (1e-4, 0.8475), (3e-4, 0.84875)]) == 1e-4
 
 
+def test_exactly_one_point_below_the_best_is_a_tie():
+    # FeDeRA's grid: 659 and 667 of 800 validation sentences, 8 apart (the rule is inclusive)
+    assert results_pages.choose_lr([(6e-4, 0.54875), (2e-3, 0.82375), (6e-3, 0.83375)]) == 2e-3
+
+
 def test_a_clear_best_is_chosen_even_at_the_edge():
     assert results_pages.choose_lr([(6e-4, 0.549), (2e-3, 0.8275), (6e-3, 0.854)]) == 6e-3
 
