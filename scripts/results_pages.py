@@ -193,7 +193,7 @@ def lr_grid(runs: Path) -> str:
         chosen = choose_lr([(lr, acc) for lr, acc, _ in got])
         cells = ", ".join(f"{lr:g} → {acc:.4f}" for lr, acc, _ in got)
         wall = sum(w for _, _, w in got) / len(got)
-        edge = len(got) == 3 and chosen in (got[0][0], got[-1][0])  # the best may lie beyond the grid
+        edge = chosen in (got[0][0], got[-1][0])  # the best may lie beyond the grid
         note = " (grid incomplete)" if len(got) != 3 else " (at the grid's edge: extend)" if edge else ""
         out.append(f"| {method} | {cells} | {chosen:g}{note} | {wall:.0f} |")
     return "\n".join(out)
